@@ -1,0 +1,93 @@
+/// The 128-bit id every AgentMessage carries.
+///
+/// Held as two big-endian halves of the logical UUID. On the wire the halves are swapped
+/// (bytes 8...15 first, then 0...7), a quirk both official implementations share.
+public struct MessageID: Hashable, Sendable, CustomStringConvertible {
+    /// Bytes 0...7 of the logical UUID.
+    public var high: UInt64
+    /// Bytes 8...15 of the logical UUID.
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    public static let zero = MessageID(high: 0, low: 0)
+
+    /// A random version-4 UUID, as both official peers generate.
+    public static func random<G: RandomNumberGenerator>(using generator: inout G) -> MessageID {
+        let high = (generator.next() & ~0xF000) | 0x4000  // version 4
+        let low = (generator.next() & ~(0xC000_0000_0000_0000)) | 0x8000_0000_0000_0000  // RFC 4122 variant
+        return MessageID(high: high, low: low)
+    }
+
+    public static func random() -> MessageID {
+        var generator = SystemRandomNumberGenerator()
+        return random(using: &generator)
+    }
+
+    /// Parses the canonical 8-4-4-4-12 form (either case). Returns nil for anything else.
+    public init?<S: StringProtocol>(_ text: S) {
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        var nibbles = 0
+        var position = 0
+        for byte in text.utf8 {
+            defer { position += 1 }
+            if position == 8 || position == 13 || position == 18 || position == 23 {
+                guard byte == UInt8(ascii: "-") else { return nil }
+                continue
+            }
+            guard let value = Self.hexValue(byte) else { return nil }
+            if nibbles < 16 {
+                high = high << 4 | UInt64(value)
+            } else {
+                low = low << 4 | UInt64(value)
+            }
+            nibbles += 1
+        }
+        guard position == 36, nibbles == 32 else { return nil }
+        self.init(high: high, low: low)
+    }
+
+    /// Lowercase canonical form of the logical UUID, as acknowledgements carry it.
+    public var description: String {
+        String(unsafeUninitializedCapacity: 36) { out in
+            var index = 0
+            func put(_ value: UInt64, nibbles: Int) {
+                var shift = (nibbles - 1) * 4
+                while shift >= 0 {
+                    out[index] = Self.hexDigits[Int((value >> UInt64(shift)) & 0xF)]
+                    index += 1
+                    shift -= 4
+                }
+            }
+            func dash() {
+                out[index] = UInt8(ascii: "-")
+                index += 1
+            }
+            put(self.high >> 32, nibbles: 8)
+            dash()
+            put((self.high >> 16) & 0xFFFF, nibbles: 4)
+            dash()
+            put(self.high & 0xFFFF, nibbles: 4)
+            dash()
+            put(self.low >> 48, nibbles: 4)
+            dash()
+            put(self.low & 0xFFFF_FFFF_FFFF, nibbles: 12)
+            return index
+        }
+    }
+
+    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
