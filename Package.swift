@@ -30,6 +30,25 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // libFuzzer target for the wire decoders; scripts/fuzz.sh builds and runs it.
+        .executableTarget(
+            name: "SSMProtocolFuzz",
+            dependencies: [
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Fuzz/SSMProtocolFuzz"
+        ),
+        // `swift run -c release ProtocolBenchmarks`: codec throughput against bare SHA-256.
+        .executableTarget(
+            name: "ProtocolBenchmarks",
+            dependencies: [
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Benchmarks/ProtocolBenchmarks"
+        ),
         .testTarget(
             name: "SSMProtocolTests",
             dependencies: [
