@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // Wire layer: AgentMessage, payloads, handshake and smux frames. Pure codecs, no I/O.
@@ -22,10 +23,40 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // AWS Signature Version 4: signing for the client, verification for the emulator.
+        .target(
+            name: "SigV4",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // smux sessions and streams (client and server side) with fair, bounded output scheduling.
+        .target(
+            name: "Mux",
+            dependencies: [
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The local emulator of Session Manager: SSM/EC2 APIs, MGS relay, agent simulator.
+        .target(
+            name: "LocalSSM",
+            dependencies: [
+                "SSMProtocol",
+                "Mux",
+                "SigV4",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .executableTarget(
             name: "ssmgate",
             dependencies: [
                 "SSMProtocol",
+                "LocalSSM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -57,6 +88,30 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.copy("Vectors")]
+        ),
+        .testTarget(
+            name: "LocalSSMTests",
+            dependencies: [
+                "LocalSSM",
+                "SSMProtocol",
+                "Mux",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
+            name: "SigV4Tests",
+            dependencies: ["SigV4"]
+        ),
+        .testTarget(
+            name: "MuxTests",
+            dependencies: [
+                "Mux",
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

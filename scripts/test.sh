@@ -26,7 +26,33 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 }
 
+# The real awscli (and botocore, which the SigV4 tests compare against), from PyPI.
+ensure_awscli() {
+    if command -v aws >/dev/null 2>&1 && python3 -c 'import botocore' >/dev/null 2>&1; then
+        return 0
+    fi
+    local need=()
+    command -v python3 >/dev/null 2>&1 || need+=(python3)
+    python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+    python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing ${need[*]}"
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+    fi
+    log "installing awscli from PyPI"
+    if ! python3 -m pip install --quiet awscli 2>/dev/null; then
+        # Debian's system Python refuses global installs (PEP 668): use a virtualenv of our own.
+        python3 -m venv .build-venv
+        .build-venv/bin/pip install --quiet awscli
+    fi
+}
+
 ensure_packages
+ensure_awscli
+[ -x .build-venv/bin/aws ] && export PATH="$PWD/.build-venv/bin:$PATH"
 command -v swift >/dev/null || { echo "swift is not on PATH: install Swift 6.1 or later (https://swift.org/install)" >&2; exit 1; }
 
 log "swift build (debug, tests included)"

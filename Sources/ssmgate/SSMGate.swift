@@ -9,7 +9,7 @@ struct SSMGate: AsyncParsableCommand {
             Protocol tools available now: decode Session Manager frames and replay recorded sessions.
             """,
         version: SSMGateVersion.current,
-        subcommands: [DecodeCommand.self, InspectCommand.self]
+        subcommands: [LocalCommand.self, DecodeCommand.self, InspectCommand.self]
     )
 }
 

@@ -1,0 +1,583 @@
+import Foundation
+import Mux
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import SSMProtocol
+
+/// What the simulated agent needs to know to run one session, from the `interactive_shell` task.
+struct AgentTask: Sendable {
+    var sessionID: String
+    var sessionType: String
+    var properties: JSONValue
+    var instance: LocalSSMConfiguration.Instance
+    var limits: LimitsProfile
+}
+
+/// One session's data channel on the agent side, loop-confined to its WebSocket's event loop:
+/// the agent's sequencing/ack/resend behaviour, the handshake, and the Port plugin (basic and
+/// smux-multiplexed), with one destination connection per stream on the same loop.
+final class AgentSessionHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    /// Client versions at or above this get the mux session for LocalPortForwarding (agent rule, reference 6.6).
+    static let muxClientVersion = "1.1.70"
+    /// Above this the agent turns smux keepalive off.
+    static let keepAliveOffClientVersion = "1.2.331.0"
+    /// Unacknowledged output the agent lets itself have before it stops reading destinations.
+    static let outputWindow = 256
+    /// Bytes written to destinations but not yet flushed to their sockets before input is refused ("not ready").
+    static let destinationBacklogLimit = 4 << 20
+
+    enum Phase { case handshaking, running, ended }
+    enum Plugin {
+        case none
+        case mux(SmuxSession)
+        case basic
+    }
+
+    let task: AgentTask
+    let token: String
+    let onEnd: @Sendable (_ sessionID: String, _ failure: String?) -> Void
+    var reliable = ReliableStream(configuration: .agent)
+    var phase = Phase.handshaking
+    var plugin = Plugin.none
+    var clientVersion = ""
+    var handshakeStarted: UInt64 = 0
+    var paused = false
+    var context: ChannelHandlerContext?
+    var retransmitTask: Scheduled<Void>?
+    var pumpScheduled = false
+    var handshakeTimeout: Scheduled<Void>?
+
+    // Destinations: for mux one per stream, for basic mode a single one under stream 0.
+    var destinations: [UInt32: DestinationHandler] = [:]
+    var pendingToDestination: [UInt32: [ByteBuffer]] = [:]
+    /// Destination bytes not yet taken by smux or a message; bounded because destination reads pause.
+    var pendingFromDestination: [UInt32: CircularBuffer<ByteBuffer>] = [:]
+    var destinationBacklog = 0
+
+    // Pacing (aws limits): a token bucket in bytes.
+    var pacingTokens: Double = 0
+    var pacingLast: UInt64 = 0
+
+    init(task: AgentTask, token: String, onEnd: @escaping @Sendable (String, String?) -> Void) {
+        self.task = task
+        self.token = token
+        self.onEnd = onEnd
+    }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    var isMuxRequested: Bool { self.task.properties["type"]?.stringValue == "LocalPortForwarding" }
+
+    // MARK: Lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { self.begin(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+    }
+
+    func begin(context: ChannelHandlerContext) {
+        let open = OpenDataChannelInput(
+            requestID: UUID().uuidString.lowercased(), tokenValue: self.token, role: .agent(instanceID: self.task.instance.id))
+        context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: open.encoded())), promise: nil)
+        let state = AgentSessionState(sessionState: AgentSessionState.connected, sessionID: self.task.sessionID)
+        self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
+        context.flush()
+        guard self.task.sessionType == SessionTypeName.port else {
+            self.end(failure: "session type \(self.task.sessionType) is not supported by this agent simulator yet")
+            return
+        }
+        self.handshakeStarted = Self.now()
+        let request = HandshakeRequest(
+            agentVersion: self.task.instance.agentVersion,
+            requestedClientActions: [.sessionType(SessionTypeName.port, properties: self.task.properties)])
+        self.sendStream(.handshakeRequest, request.encoded())
+        self.handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(15)) {
+            self.end(failure: "handshake timed out: the client never answered (update your plugin)")
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.end(failure: nil)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.end(failure: "data channel error: \(error)")
+    }
+
+    /// Ends the session: destinations closed, the WebSocket closed, the control channel told.
+    func end(failure: String?) {
+        guard self.phase != .ended else { return }
+        self.phase = .ended
+        self.retransmitTask?.cancel()
+        self.handshakeTimeout?.cancel()
+        for destination in self.destinations.values { destination.close() }
+        self.destinations = [:]
+        self.context?.close(promise: nil)
+        self.onEnd(self.task.sessionID, failure)
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        switch frame.opcode {
+        case .ping:
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            return
+        case .connectionClose:
+            self.end(failure: nil)
+            return
+        case .binary, .text:
+            break
+        default:
+            return
+        }
+        // The real agent never checks digests; this one does, so corrupted frames are visible in tests.
+        guard let message = try? AgentMessage.decode(frame.unmaskedData) else { return }
+        switch message.messageType {
+        case .acknowledge:
+            if let ack = try? Acknowledgement(decoding: message.payload) {
+                self.reliable.acknowledge(sequenceNumber: ack.acknowledgedSequenceNumber, now: Self.now())
+            }
+            self.paused = false
+            self.pump()
+        case .inputStreamData:
+            self.paused = false
+            self.receiveStream(message, context: context)
+        case .channelClosed:
+            self.end(failure: nil)
+        case .pausePublication:
+            self.paused = true
+        case .startPublication:
+            self.paused = false
+            self.pump()
+        default:
+            break
+        }
+    }
+
+    func receiveStream(_ message: AgentMessage, context: ChannelHandlerContext) {
+        let ready = self.destinationBacklog < Self.destinationBacklogLimit
+        let reception = self.reliable.receive(message, ready: ready)
+        if let ack = reception.acknowledgement {
+            context.writeAndFlush(
+                self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: ack.frame(messageID: .random(), createdDate: MGS.nowMilliseconds())))
+            , promise: nil)
+        }
+        for delivered in reception.deliverable {
+            self.process(delivered)
+            if self.phase == .ended { return }
+        }
+        self.pump()
+    }
+
+    func process(_ message: AgentMessage) {
+        switch self.phase {
+        case .handshaking:
+            // Before the handshake completes only its answer counts; anything else is acked and discarded.
+            guard message.payloadType == .handshakeResponse, let response = try? HandshakeResponse(decoding: message.payload) else { return }
+            if let failed = response.processedClientActions.first(where: { $0.actionStatus != ProcessedClientAction.Status.success.rawValue }) {
+                self.end(failure: "client failed handshake action \(failed.actionType): \(failed.error)")
+                return
+            }
+            self.handshakeTimeout?.cancel()
+            self.clientVersion = response.clientVersion
+            let took = Int64(Self.now() - self.handshakeStarted)
+            self.sendStream(.handshakeComplete, HandshakeComplete(handshakeTimeToComplete: took, customerMessage: "").encoded())
+            self.startPlugin()
+        case .running:
+            switch message.payloadType {
+            case .output: self.input(message.payload)
+            case .flag:
+                switch try? PortFlag(decoding: message.payload) {
+                case .terminateSession: self.end(failure: nil)
+                case .disconnectToPort:
+                    if case .basic = self.plugin { self.destinations[0]?.close() }
+                default: break
+                }
+            default: break
+            }
+        case .ended:
+            break
+        }
+    }
+
+    func startPlugin() {
+        self.phase = .running
+        if self.isMuxRequested, compareVersions(self.clientVersion, Self.muxClientVersion) >= 0 {
+            var configuration = SmuxConfiguration()
+            configuration.keepAlive = compareVersions(self.clientVersion, Self.keepAliveOffClientVersion) > 0 ? nil : .smuxDefault
+            self.plugin = .mux(SmuxSession(role: .server, configuration: configuration))
+        } else {
+            self.plugin = .basic
+            self.dial(stream: 0)
+        }
+    }
+
+    /// Client bytes: smux for mux sessions, raw destination bytes for basic ones.
+    func input(_ payload: ByteBuffer) {
+        switch self.plugin {
+        case .mux(var session):
+            self.plugin = .none
+            var events: [SmuxEvent] = []
+            do {
+                try session.receive(payload, into: &events)
+            } catch {
+                self.plugin = .mux(session)
+                self.end(failure: "smux protocol error: \(error)")
+                return
+            }
+            self.plugin = .mux(session)
+            for event in events {
+                switch event {
+                case .streamOpened(let id): self.dial(stream: id.rawValue)
+                case .data(let id, let data): self.toDestination(stream: id.rawValue, data)
+                case .streamClosedByPeer(let id):
+                    // Like the real agent: a FIN ends the destination connection outright.
+                    self.destinations[id.rawValue]?.close()
+                    self.closeMuxStream(id.rawValue)
+                case .streamRefused, .keepAlive: break
+                }
+            }
+        case .basic:
+            if self.destinations[0] == nil { self.dial(stream: 0) }
+            self.toDestination(stream: 0, payload)
+        case .none:
+            break
+        }
+    }
+
+    // MARK: Destinations
+
+    var destinationHost: String {
+        if let host = self.task.properties["host"]?.stringValue, !host.isEmpty {
+            return host == "localhost" ? self.task.instance.localhostAddress : host
+        }
+        return self.task.instance.localhostAddress
+    }
+
+    var destinationPort: Int { Int(self.task.properties["portNumber"]?.stringValue ?? "") ?? 0 }
+
+    func dial(stream: UInt32) {
+        guard let context = self.context else { return }
+        let handler = DestinationHandler(session: self, stream: stream)
+        self.destinations[stream] = handler
+        let address: SocketAddress
+        do {
+            address = try SocketAddress.resolvedWithoutDispatch(host: self.destinationHost, port: self.destinationPort)
+        } catch {
+            self.destinationFailed(stream, error: error)
+            return
+        }
+        let loop = context.eventLoop
+        // The destination lives on this session's loop, so the handler never leaves it.
+        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(10))
+            .channelOption(.allowRemoteHalfClosure, value: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(boundHandler.value)
+                }
+            }
+            .connect(to: address)
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success: self.destinationConnected(stream)
+                case .failure(let error): self.destinationFailed(stream, error: error)
+                }
+            }
+    }
+
+    func destinationConnected(_ stream: UInt32) {
+        guard let destination = self.destinations[stream] else { return }
+        destination.isConnected = true
+        for data in self.pendingToDestination.removeValue(forKey: stream) ?? [] {
+            destination.write(data)
+        }
+        destination.flush()
+    }
+
+    func destinationFailed(_ stream: UInt32, error: any Error) {
+        self.destinations[stream] = nil
+        self.pendingToDestination[stream] = nil
+        switch self.plugin {
+        case .mux:
+            self.sendStream(.flag, PortFlag.connectToPortError.encoded())
+            self.closeMuxStream(stream)
+            self.pump()
+        case .basic:
+            self.end(failure: "Unable to connect to specified port: \(error)")
+        case .none:
+            break
+        }
+    }
+
+    func toDestination(stream: UInt32, _ data: ByteBuffer) {
+        guard let destination = self.destinations[stream] else { return }
+        if destination.isConnected {
+            destination.write(data)
+            destination.flush()
+        } else {
+            self.pendingToDestination[stream, default: []].append(data)
+        }
+    }
+
+    /// Bytes read from a destination: into smux (mux) or straight into output messages (basic).
+    func fromDestination(stream: UInt32, _ data: ByteBuffer) {
+        self.pendingFromDestination[stream, default: CircularBuffer()].append(data)
+        self.pump()
+    }
+
+    func destinationClosed(stream: UInt32) {
+        guard self.destinations.removeValue(forKey: stream) != nil else { return }
+        switch self.plugin {
+        case .mux: self.closeMuxStream(stream)
+        case .basic:
+            // Stdio sessions (AWS-StartSSHSession) end with the destination; LocalPortForwarding re-dials on demand.
+            if !self.isMuxRequested { self.flushThenEnd() }
+        case .none: break
+        }
+        self.pump()
+    }
+
+    func flushThenEnd() {
+        self.pump()
+        guard let loop = self.context?.eventLoop else { return }
+        let deadline = NIODeadline.now() + .seconds(2)
+        func check() {
+            if self.reliable.unacknowledgedCount == 0 || NIODeadline.now() > deadline {
+                self.end(failure: nil)
+            } else {
+                loop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { check() }
+            }
+        }
+        check()
+    }
+
+    func closeMuxStream(_ stream: UInt32) {
+        guard case .mux(var session) = self.plugin else { return }
+        self.plugin = .none
+        _ = session.closeStream(SmuxStreamID(stream))
+        self.plugin = .mux(session)
+    }
+
+    // MARK: Outbound
+
+    /// Moves destination bytes into output messages while the window, pacing and publication allow.
+    func pump() {
+        guard self.phase == .running, let context = self.context else { return }
+        let chunk = self.task.limits.agentReadChunk
+        var wrote = false
+        while !self.paused, self.reliable.unacknowledgedCount < Self.outputWindow, self.paceAllows(chunk) {
+            var payload: ByteBuffer?
+            switch self.plugin {
+            case .mux(var session):
+                self.plugin = .none
+                for (stream, var queue) in self.pendingFromDestination {
+                    while var data = queue.first {
+                        switch session.write(data, to: SmuxStreamID(stream)) {
+                        case .accepted(let count):
+                            data.moveReaderIndex(forwardBy: count)
+                        default:
+                            data.clear()  // the stream is gone: nobody to deliver to
+                        }
+                        if data.readableBytes == 0 {
+                            queue.removeFirst()
+                        } else {
+                            queue[queue.startIndex] = data
+                            break
+                        }
+                    }
+                    self.pendingFromDestination[stream] = queue.isEmpty ? nil : queue
+                }
+                payload = session.nextOutbound(maximumBytes: chunk)
+                _ = session.drainFinishedStreams()
+                _ = session.drainWritableStreams()
+                self.plugin = .mux(session)
+            case .basic:
+                if var queue = self.pendingFromDestination[0], var first = queue.first {
+                    payload = first.readSlice(length: min(chunk, first.readableBytes))
+                    if first.readableBytes == 0 { queue.removeFirst() } else { queue[queue.startIndex] = first }
+                    self.pendingFromDestination[0] = queue.isEmpty ? nil : queue
+                }
+            case .none:
+                break
+            }
+            guard let payload, payload.readableBytes > 0 else { break }
+            self.consumePacing(payload.readableBytes)
+            self.sendStream(.output, payload, flush: false)
+            wrote = true
+        }
+        if wrote { context.flush() }
+        self.updateDestinationReads()
+        if self.hasPendingOutput, !self.pumpScheduled, !self.paused, self.reliable.unacknowledgedCount < Self.outputWindow {
+            // Held back by pacing: come back when the bucket has refilled enough.
+            self.pumpScheduled = true
+            context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) {
+                self.pumpScheduled = false
+                self.pump()
+            }
+        }
+    }
+
+    var hasPendingOutput: Bool {
+        if !self.pendingFromDestination.isEmpty { return true }
+        if case .mux(let session) = self.plugin { return session.hasPendingOutbound }
+        return false
+    }
+
+    /// Destinations are read only while their bytes can move on: bounded memory both ways.
+    func updateDestinationReads() {
+        let roomy = self.reliable.unacknowledgedCount < Self.outputWindow && !self.paused
+        for (stream, destination) in self.destinations {
+            let backlog = self.pendingFromDestination[stream]?.reduce(0) { $0 + $1.readableBytes } ?? 0
+            destination.setReading(roomy && backlog < 64 * 1024)
+        }
+    }
+
+    func paceAllows(_ bytes: Int) -> Bool {
+        guard let rate = self.task.limits.agentBytesPerSecond else { return true }
+        let now = Self.now()
+        if self.pacingLast == 0 { self.pacingLast = now; self.pacingTokens = Double(rate) / 10 }
+        self.pacingTokens = min(Double(rate) / 10, self.pacingTokens + Double(now - self.pacingLast) * Double(rate) / 1e9)
+        self.pacingLast = now
+        return self.pacingTokens >= Double(min(bytes, 1024))
+    }
+
+    func consumePacing(_ bytes: Int) {
+        guard self.task.limits.agentBytesPerSecond != nil else { return }
+        self.pacingTokens -= Double(bytes)
+    }
+
+    func sendStream(_ type: PayloadType, _ payload: ByteBuffer, flush: Bool = true) {
+        guard let context = self.context,
+            let frame = try? self.reliable.send(
+                .outputStreamData, payloadType: type, payload: payload, messageID: .random(),
+                createdDate: MGS.nowMilliseconds(), now: Self.now(), allocator: context.channel.allocator)
+        else { return }
+        if !self.paused {
+            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            if flush { context.flush() }
+        }
+        self.scheduleRetransmission()
+    }
+
+    func writeControl(_ type: MessageType, payload: ByteBuffer, context: ChannelHandlerContext) {
+        let message = AgentMessage(
+            messageType: type, createdDate: MGS.nowMilliseconds(), sequenceNumber: 0, flags: .control,
+            messageID: .random(), payloadType: .undefined, payload: payload)
+        if let frame = try? message.encoded() {
+            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+        }
+    }
+
+    func scheduleRetransmission() {
+        guard self.retransmitTask == nil, let deadline = self.reliable.nextRetransmissionDeadline, let context = self.context else { return }
+        let now = Self.now()
+        let delay = deadline > now ? Int64(deadline - now) : 0
+        self.retransmitTask = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(delay)) {
+            self.retransmitTask = nil
+            guard self.phase != .ended else { return }
+            if !self.paused, let frame = self.reliable.retransmission(now: Self.now()) {
+                self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            }
+            self.scheduleRetransmission()
+        }
+    }
+}
+
+@available(*, unavailable)
+extension AgentSessionHandler: Sendable {}
+
+/// One destination TCP connection, on its session's event loop.
+final class DestinationHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    unowned let session: AgentSessionHandler
+    let stream: UInt32
+    /// Set by the session when the connect succeeded (the future completes before channelActive).
+    var isConnected = false
+    var reading = true
+    var readPending = false
+    var context: ChannelHandlerContext?
+
+    init(session: AgentSessionHandler, stream: UInt32) {
+        self.session = session
+        self.stream = stream
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func flush() {
+        self.context?.flush()
+    }
+
+    func close() {
+        self.context?.close(promise: nil)
+    }
+
+    func write(_ data: ByteBuffer) {
+        guard let context = self.context else { return }
+        let size = data.readableBytes
+        self.session.destinationBacklog += size
+        context.write(self.wrapOutboundOut(data)).assumeIsolated().whenComplete { _ in
+            self.session.destinationBacklog -= size
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.session.fromDestination(stream: self.stream, self.unwrapInboundIn(data))
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.reading { context.read() } else { self.readPending = true }
+    }
+
+    func setReading(_ reading: Bool) {
+        self.reading = reading
+        if reading, self.readPending, let context = self.context {
+            self.readPending = false
+            context.read()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.session.destinationClosed(stream: self.stream)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension DestinationHandler: Sendable {}
+
+/// The agent's version comparison: numeric, component by component; a shorter version is smaller
+/// when the shared components are equal.
+func compareVersions(_ a: String, _ b: String) -> Int {
+    let left = a.split(separator: ".").map { Int($0) ?? 0 }
+    let right = b.split(separator: ".").map { Int($0) ?? 0 }
+    for index in 0..<max(left.count, right.count) {
+        guard index < left.count else { return -1 }
+        guard index < right.count else { return 1 }
+        if left[index] != right[index] { return left[index] < right[index] ? -1 : 1 }
+    }
+    return 0
+}

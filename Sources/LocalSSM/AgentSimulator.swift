@@ -1,0 +1,278 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import SSMProtocol
+import SigV4
+import Synchronization
+
+/// A simulated SSM Agent for one instance. It talks to MGS exactly as the real agent does:
+/// a signed token POST and a control-channel WebSocket, then, for every `interactive_shell`
+/// task, a token POST and a data-channel WebSocket of its own. So the real agent or the
+/// official plugin can take either end of an emulated session.
+public final class AgentSimulator: Sendable {
+    public let instance: LocalSSMConfiguration.Instance
+    let host: String
+    let port: Int
+    let region: String
+    let signer: SigV4Signer
+    let limits: LimitsProfile
+    let group: any EventLoopGroup
+    private let state = Mutex<State>(State())
+
+    struct State {
+        var controlChannel: (any Channel)?
+        var runner: Task<Void, Never>?
+        var stopped = false
+        var sessions: [String: any Channel] = [:]
+    }
+
+    public init(
+        instance: LocalSSMConfiguration.Instance, host: String, port: Int, region: String, credentials: AWSCredentials,
+        limits: LimitsProfile, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.instance = instance
+        self.host = host
+        self.port = port
+        self.region = region
+        self.signer = SigV4Signer(credentials: credentials, region: region, service: "ssmmessages")
+        self.limits = limits
+        self.group = group
+    }
+
+    /// Connects (and keeps reconnecting, with the agent's backoff) until `stop()`.
+    public func start() {
+        let runner = Task { await self.run() }
+        self.state.withLock { $0.runner = runner }
+    }
+
+    /// Connects once; returns when the control channel is open.
+    public func connect() async throws {
+        let token = try await self.createToken(path: "/v1/control-channel/\(self.instance.id)", body: #"{"MessageSchemaVersion":"1.0","RequestId":"\#(UUID().uuidString.lowercased())"}"#)
+        let uri = "/v1/control-channel/\(self.instance.id)?role=subscribe&stream=input"
+        let channel = try await LoopbackClient.connectWebSocket(
+            group: self.group, host: self.host, port: self.port, uri: uri, headers: self.signedHeaders(method: "GET", uri: uri, body: [])
+        ) { channel in
+            try channel.pipeline.syncOperations.addHandler(AgentControlHandler(agent: self))
+        }
+        let open = JSONValue.object([
+            ("Cookie", .null), ("MessageSchemaVersion", .string("1.0")), ("RequestId", .string(UUID().uuidString.lowercased())),
+            ("TokenValue", .string(token)), ("AgentVersion", .string(self.instance.agentVersion)), ("PlatformType", .string("linux")),
+        ])
+        try await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: open.encoded))
+        self.state.withLock { $0.controlChannel = channel }
+        try await self.waitForControlAttach()
+    }
+
+    /// MGS answers nothing to the open frame; the instance counts as connected once MGS has it.
+    func waitForControlAttach() async throws {
+        try await Task.sleep(for: .milliseconds(20))
+    }
+
+    func run() async {
+        var delay = Duration.milliseconds(100)
+        while !self.state.withLock({ $0.stopped }) {
+            do {
+                try await self.connect()
+                delay = .milliseconds(100)
+                let channel = self.state.withLock { $0.controlChannel }
+                try? await channel?.closeFuture.get()
+            } catch {
+                // Unreachable MGS: retry with backoff, like the agent's control-channel retryer.
+            }
+            guard !self.state.withLock({ $0.stopped }) else { break }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+        }
+    }
+
+    public func stop() async {
+        let (channel, runner, sessions) = self.state.withLock { state in
+            state.stopped = true
+            return (state.controlChannel, state.runner, Array(state.sessions.values))
+        }
+        for session in sessions { try? await session.close() }
+        try? await channel?.close()
+        runner?.cancel()
+        await runner?.value
+    }
+
+    /// Kills the agent's connections (fault injection): it reconnects by itself, as a restarted agent does.
+    public func dropConnections() async {
+        let (channel, sessions) = self.state.withLock { ($0.controlChannel, Array($0.sessions.values)) }
+        for session in sessions { try? await session.close() }
+        try? await channel?.close()
+    }
+
+    func signedHeaders(method: String, uri: String, body: [UInt8]) -> [(String, String)] {
+        let parts = uri.split(separator: "?", maxSplits: 1)
+        var request = SigV4Request(
+            method: method, path: String(parts[0]), query: parts.count > 1 ? String(parts[1]) : "",
+            headers: [(name: "Host", value: "\(self.host):\(self.port)")], body: body)
+        self.signer.sign(&request, at: Date())
+        return request.headers.filter { $0.name.lowercased() != "host" }.map { ($0.name, $0.value) }
+    }
+
+    func createToken(path: String, body: String) async throws -> String {
+        let bytes = Array(body.utf8)
+        var headers = self.signedHeaders(method: "POST", uri: path, body: bytes)
+        headers.append(("Content-Type", "application/json"))
+        let (status, text) = try await LoopbackClient.post(
+            group: self.group, host: self.host, port: self.port, path: path, headers: headers, body: ByteBuffer(bytes: bytes))
+        guard status == 201, let start = text.range(of: "<TokenValue>"), let end = text.range(of: "</TokenValue>") else {
+            throw LoopbackClient.HTTPFailure(description: "unexpected response from the service \(text)")
+        }
+        return String(text[start.upperBound..<end.lowerBound])
+    }
+
+    /// Starts the session an `interactive_shell` task describes.
+    func startSession(taskPayload: ByteBuffer) {
+        guard let outer = try? JSONValue(parsing: taskPayload), let contentText = outer["Content"]?.stringValue,
+            let content = try? JSONValue(parsing: contentText), let sessionID = content["SessionId"]?.stringValue,
+            let sessionType = content["DocumentContent"]?["sessionType"]?.stringValue
+        else { return }
+        let task = AgentTask(
+            sessionID: sessionID, sessionType: sessionType, properties: content["DocumentContent"]?["properties"] ?? .null,
+            instance: self.instance, limits: self.limits)
+        Task {
+            do {
+                try await self.openDataChannel(task)
+            } catch {
+                self.reportCompletion(sessionID: sessionID, failure: "cannot open the data channel: \(error)")
+            }
+        }
+    }
+
+    func openDataChannel(_ task: AgentTask) async throws {
+        let path = "/v1/data-channel/\(task.sessionID)"
+        let token = try await self.createToken(
+            path: path, body: #"{"MessageSchemaVersion":"1.0","RequestId":"\#(UUID().uuidString.lowercased())","ClientId":""}"#)
+        let uri = "\(path)?role=publish_subscribe"
+        let channel = try await LoopbackClient.connectWebSocket(
+            group: self.group, host: self.host, port: self.port, uri: uri, headers: self.signedHeaders(method: "GET", uri: uri, body: [])
+        ) { channel in
+            let handler = AgentSessionHandler(task: task, token: token) { [weak self] sessionID, failure in
+                self?.sessionEnded(sessionID, failure: failure)
+            }
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }
+        self.state.withLock { $0.sessions[task.sessionID] = channel }
+    }
+
+    func sessionEnded(_ sessionID: String, failure: String?) {
+        _ = self.state.withLock { $0.sessions.removeValue(forKey: sessionID) }
+        self.reportCompletion(sessionID: sessionID, failure: failure)
+    }
+
+    /// `agent_task_complete` on the control channel: how the service learns the session's outcome.
+    func reportCompletion(sessionID: String, failure: String?) {
+        guard let channel = self.state.withLock({ $0.controlChannel }) else { return }
+        let payload = JSONValue.object([
+            ("SchemaVersion", .integer(1)), ("TaskId", .string(sessionID)), ("Topic", .string("agent_task_complete")),
+            ("FinalTaskStatus", .string(failure == nil ? "Success" : "Failed")), ("IsRoutingFailure", .bool(false)),
+            ("AwsAccountId", .string("")), ("InstanceId", .string(self.instance.id)), ("Output", .string(failure ?? "")),
+            ("S3Bucket", .string("")), ("S3UrlSuffix", .string("")), ("CwlGroup", .string("")), ("CwlStream", .string("")),
+            ("RetryNumber", .integer(0)),
+        ])
+        let message = AgentMessage(
+            messageType: .agentTaskComplete, createdDate: MGS.nowMilliseconds(), sequenceNumber: 0, flags: [],
+            messageID: .random(), payloadType: .undefined, payload: payload.encoded)
+        if let frame = try? message.encoded() {
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+        }
+    }
+}
+
+/// The agent's control channel: answers pings, takes `interactive_shell` and `channel_closed`.
+final class AgentControlHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+    let agent: AgentSimulator
+
+    init(agent: AgentSimulator) { self.agent = agent }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        switch frame.opcode {
+        case .ping:
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .binary, .text:
+            guard let message = try? AgentMessage.decode(frame.unmaskedData, options: .init(verifiesDigest: false)) else { return }
+            if message.messageType == .interactiveShell {
+                self.agent.startSession(taskPayload: message.payload)
+            }
+        case .connectionClose:
+            context.close(promise: nil)
+        default:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension AgentControlHandler: Sendable {}
+
+/// The emulator as one unit: the server and one simulated agent per online instance.
+public final class LocalEmulator: Sendable {
+    public let server: LocalSSMServer
+    private let agents = Mutex<[AgentSimulator]>([])
+
+    public init(configuration: LocalSSMConfiguration) {
+        self.server = LocalSSMServer(configuration: configuration)
+    }
+
+    public var configuration: LocalSSMConfiguration { self.server.configuration }
+
+    /// Binds, then connects an agent for every instance configured Online; returns once they are connected.
+    public func start() async throws {
+        try await self.server.start()
+        let configuration = self.server.configuration
+        let credentials = configuration.credentials.first.map { AWSCredentials(accessKeyID: $0.accessKeyID, secretAccessKey: $0.secretAccessKey) }
+            ?? AWSCredentials(accessKeyID: "agent", secretAccessKey: "agent")
+        let host = configuration.listenHost == "0.0.0.0" ? "127.0.0.1" : configuration.listenHost
+        var started: [AgentSimulator] = []
+        for instance in configuration.instances where instance.pingStatus == .online {
+            let agent = AgentSimulator(
+                instance: instance, host: host, port: self.server.port, region: configuration.region,
+                credentials: credentials, limits: configuration.limits)
+            agent.start()
+            started.append(agent)
+        }
+        self.agents.withLock { $0 = started }
+        // Ready when every agent holds its control channel (bounded: a broken agent must not hang start-up).
+        for _ in 0..<200 {
+            if started.allSatisfy({ self.server.mgs.isAgentConnected($0.instance.id) }) { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    public func agent(for instanceID: String) -> AgentSimulator? {
+        self.agents.withLock { $0.first { $0.instance.id == instanceID } }
+    }
+
+    public func stop() async {
+        for agent in self.agents.withLock({ $0 }) { await agent.stop() }
+        await self.server.stop()
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops.
+    public func runUntilSignalled() async {
+        let (signals, continuation) = AsyncStream<Int32>.makeStream()
+        // Kept alive by this frame until a signal arrives.
+        var sources: [any DispatchSourceSignal] = []
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber)
+            source.setEventHandler { continuation.yield(signalNumber) }
+            source.resume()
+            sources.append(source)
+        }
+        for await _ in signals { break }
+        sources.forEach { $0.cancel() }
+        await self.stop()
+    }
+}

@@ -1,0 +1,318 @@
+import Crypto
+import Foundation
+import Mux
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import SSMProtocol
+import Synchronization
+
+@testable import LocalSSM
+
+/// A minimal Session Manager client for the emulator's tests, built on SSMProtocol and Mux:
+/// OpenDataChannel, the client side of the handshake, acknowledgements and resends, and smux
+/// streams that each send a deterministic byte sequence and hash what comes back.
+final class TestSessionClient: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    struct StreamResult: Sendable {
+        var sentSHA256: String
+        var receivedSHA256: String
+        var receivedBytes: Int
+        var connectError: Bool
+    }
+
+    let token: String
+    let clientVersion: String
+    var reliable = ReliableStream(configuration: .client)
+    var smux = SmuxSession(role: .client, configuration: {
+        var configuration = SmuxConfiguration()
+        configuration.keepAlive = nil
+        return configuration
+    }())
+    var context: ChannelHandlerContext?
+    var handshakeDone = false
+    var agentVersion = ""
+    var sessionTypeProperties: JSONValue = .null
+    var retransmit: Scheduled<Void>?
+    var ready: EventLoopPromise<Void>
+    var closed: EventLoopPromise<String>
+    var pausedSeen = 0
+
+    // Per stream: bytes still to send, hashes, and completion.
+    final class StreamState {
+        var remaining: Int
+        var generator: SplitMix64
+        var sentHash = SHA256()
+        var receivedHash = SHA256()
+        var received = 0
+        var expected: Int
+        var finSent = false
+        var connectError = false
+        let done: EventLoopPromise<StreamResult>
+        init(bytes: Int, seed: UInt64, done: EventLoopPromise<StreamResult>) {
+            self.remaining = bytes
+            self.expected = bytes
+            self.generator = SplitMix64(seed: seed)
+            self.done = done
+        }
+    }
+    var streams: [SmuxStreamID: StreamState] = [:]
+
+    init(token: String, clientVersion: String, loop: any EventLoop) {
+        self.token = token
+        self.clientVersion = clientVersion
+        self.ready = loop.makePromise()
+        self.closed = loop.makePromise()
+    }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let open = OpenDataChannelInput(
+            requestID: UUID().uuidString.lowercased(), tokenValue: self.token,
+            role: .client(clientID: UUID().uuidString.lowercased(), clientVersion: self.clientVersion))
+        context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: open.encoded())), promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.closed.succeed("socket closed")
+        self.ready.fail(ChannelError.ioOnClosedChannel)
+        for stream in self.streams.values { stream.done.fail(ChannelError.ioOnClosedChannel) }
+        self.retransmit?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        guard frame.opcode == .binary, let message = try? AgentMessage.decode(frame.unmaskedData) else { return }
+        switch message.messageType {
+        case .acknowledge:
+            if let ack = try? Acknowledgement(decoding: message.payload) {
+                self.reliable.acknowledge(sequenceNumber: ack.acknowledgedSequenceNumber, now: Self.now())
+            }
+            self.pump()
+        case .outputStreamData:
+            let reception = self.reliable.receive(message)
+            if let ack = reception.acknowledgement {
+                context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(
+                    fin: true, opcode: .binary, data: ack.frame(messageID: .random(), createdDate: 1))), promise: nil)
+            }
+            for delivered in reception.deliverable { self.process(delivered) }
+            self.pump()
+        case .channelClosed:
+            let output = (try? ChannelClosed(decoding: message.payload))?.output ?? ""
+            self.closed.succeed(output)
+            context.close(promise: nil)
+        case .pausePublication:
+            self.pausedSeen += 1
+        default:
+            break
+        }
+    }
+
+    func process(_ message: AgentMessage) {
+        switch message.payloadType {
+        case .handshakeRequest:
+            guard let request = try? HandshakeRequest(decoding: message.payload) else { return }
+            self.agentVersion = request.agentVersion
+            if case .sessionType(_, let properties)? = request.requestedClientActions.first { self.sessionTypeProperties = properties }
+            let response = HandshakeResponse(
+                clientVersion: self.clientVersion,
+                processedClientActions: request.requestedClientActions.map {
+                    ProcessedClientAction(actionType: $0.actionType, actionStatus: .success)
+                })
+            self.send(.handshakeResponse, response.encoded())
+        case .handshakeComplete:
+            self.handshakeDone = true
+            self.ready.succeed(())
+        case .output:
+            var events: [SmuxEvent] = []
+            try? self.smux.receive(message.payload, into: &events)
+            for event in events {
+                switch event {
+                case .data(let id, var data):
+                    guard let stream = self.streams[id] else { continue }
+                    stream.received += data.readableBytes
+                    data.withUnsafeReadableBytes { stream.receivedHash.update(bufferPointer: $0) }
+                    data.moveReaderIndex(to: data.writerIndex)
+                    self.finishIfComplete(id)
+                case .streamClosedByPeer(let id):
+                    if let stream = self.streams.removeValue(forKey: id) { self.complete(stream) }
+                default: break
+                }
+            }
+        case .flag:
+            if (try? PortFlag(decoding: message.payload)) == .connectToPortError {
+                // The agent could not dial: the stream will be closed by its FIN.
+                for stream in self.streams.values { stream.connectError = true }
+            }
+        default:
+            break
+        }
+    }
+
+    func finishIfComplete(_ id: SmuxStreamID) {
+        guard let stream = self.streams[id], stream.remaining == 0, stream.received >= stream.expected, !stream.finSent else { return }
+        // Only now: a FIN makes the agent close the destination outright, so wait for every echoed byte first.
+        stream.finSent = true
+        _ = self.smux.closeStream(id)
+    }
+
+    func complete(_ stream: StreamState) {
+        let sent = stream.sentHash.finalize().map { String(format: "%02x", $0) }.joined()
+        let received = stream.receivedHash.finalize().map { String(format: "%02x", $0) }.joined()
+        stream.done.succeed(StreamResult(sentSHA256: sent, receivedSHA256: received, receivedBytes: stream.received, connectError: stream.connectError))
+    }
+
+    /// Opens a stream that sends `bytes` deterministic bytes and expects them echoed back.
+    func openStream(bytes: Int, seed: UInt64, promise: EventLoopPromise<StreamResult>) {
+        guard let id = try? self.smux.openStream() else {
+            promise.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        self.streams[id] = StreamState(bytes: bytes, seed: seed, done: promise)
+        self.pump()
+    }
+
+    func pump() {
+        guard self.handshakeDone, let context = self.context else { return }
+        // Alternate: top up each stream's bounded smux buffer, then cut smux bytes into 1024-byte
+        // messages, until the send window is full or nothing moves. Acks call this again.
+        var wrote = false
+        var progress = true
+        while progress, self.reliable.unacknowledgedCount < 256 {
+            progress = false
+            for (id, stream) in self.streams where stream.remaining > 0 {
+                let free = self.smux.sendBufferFree(id)
+                guard free > 0 else { continue }
+                let count = min(free, stream.remaining, 16 * 1024)
+                var chunk = context.channel.allocator.buffer(capacity: count + 8)
+                while chunk.readableBytes < count { chunk.writeInteger(stream.generator.next()) }
+                chunk.moveWriterIndex(to: chunk.readerIndex + count)
+                chunk.withUnsafeReadableBytes { stream.sentHash.update(bufferPointer: $0) }
+                if case .accepted(let accepted) = self.smux.write(chunk, to: id) {
+                    precondition(accepted == count)
+                    stream.remaining -= count
+                    progress = true
+                }
+                self.finishIfComplete(id)
+            }
+            while self.reliable.unacknowledgedCount < 256, let payload = self.smux.nextOutbound(maximumBytes: 1024) {
+                self.send(.output, payload, flush: false)
+                wrote = true
+                progress = true
+            }
+        }
+        _ = self.smux.drainWritableStreams()
+        _ = self.smux.drainFinishedStreams()
+        if wrote { context.flush() }
+    }
+
+    func send(_ type: PayloadType, _ payload: ByteBuffer, flush: Bool = true) {
+        guard let context = self.context,
+            let frame = try? self.reliable.send(.inputStreamData, payloadType: type, payload: payload, messageID: .random(), createdDate: 1, now: Self.now())
+        else { return }
+        context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+        if flush { context.flush() }
+        self.scheduleRetransmit()
+    }
+
+    func sendTerminate() {
+        self.send(.flag, PortFlag.terminateSession.encoded())
+    }
+
+    func scheduleRetransmit() {
+        guard self.retransmit == nil, let deadline = self.reliable.nextRetransmissionDeadline, let context = self.context else { return }
+        let now = Self.now()
+        self.retransmit = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(deadline > now ? Int64(deadline - now) : 0)) {
+            self.retransmit = nil
+            if let frame = self.reliable.retransmission(now: Self.now()) {
+                self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            }
+            self.scheduleRetransmit()
+        }
+    }
+}
+
+/// Drives a `TestSessionClient` from async test code.
+struct TestSession: Sendable {
+    let channel: any Channel
+    let handler: NIOLoopBound<TestSessionClient>
+    let ready: EventLoopFuture<Void>
+    let closed: EventLoopFuture<String>
+
+    static func connect(streamURL: String, token: String, clientVersion: String = "1.2.650.0") async throws -> TestSession {
+        let url = URL(string: streamURL)!
+        let uri = url.path + (url.query.map { "?\($0)" } ?? "")
+        let box = Mutex<(NIOLoopBound<TestSessionClient>, EventLoopFuture<Void>, EventLoopFuture<String>)?>(nil)
+        let channel = try await LoopbackClient.connectWebSocket(
+            group: MultiThreadedEventLoopGroup.singleton, host: url.host!, port: url.port!, uri: uri, headers: []
+        ) { channel in
+            let client = TestSessionClient(token: token, clientVersion: clientVersion, loop: channel.eventLoop)
+            try channel.pipeline.syncOperations.addHandler(client)
+            box.withLock { $0 = (NIOLoopBound(client, eventLoop: channel.eventLoop), client.ready.futureResult, client.closed.futureResult) }
+        }
+        let (handler, ready, closed) = box.withLock { $0! }
+        return TestSession(channel: channel, handler: handler, ready: ready, closed: closed)
+    }
+
+    func stream(bytes: Int, seed: UInt64) async throws -> TestSessionClient.StreamResult {
+        let promise = self.channel.eventLoop.makePromise(of: TestSessionClient.StreamResult.self)
+        let handler = self.handler
+        self.channel.eventLoop.execute { handler.value.openStream(bytes: bytes, seed: seed, promise: promise) }
+        return try await promise.futureResult.get()
+    }
+
+    func handshakeProperties() async throws -> (agentVersion: String, properties: JSONValue) {
+        let handler = self.handler
+        return try await self.channel.eventLoop.submit { (handler.value.agentVersion, handler.value.sessionTypeProperties) }.get()
+    }
+
+    func terminate() async throws {
+        let handler = self.handler
+        try await self.channel.eventLoop.submit { handler.value.sendTerminate() }.get()
+    }
+}
+
+/// A seedable generator, so both ends can agree on the bytes.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { self.state = seed }
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A TCP echo server on loopback, for the agent's destinations.
+final class EchoServer: Sendable {
+    let channel: any Channel
+    var port: Int { self.channel.localAddress!.port! }
+
+    init() async throws {
+        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+    }
+
+    func close() async { try? await self.channel.close() }
+
+    final class EchoHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            context.write(data, promise: nil)
+        }
+        func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+}
