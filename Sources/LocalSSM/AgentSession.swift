@@ -58,14 +58,14 @@ final class AgentSessionHandler: ChannelInboundHandler {
     var pendingFromDestination: [UInt32: CircularBuffer<ByteBuffer>] = [:]
     var destinationBacklog = 0
 
-    // Pacing (aws limits): a token bucket in bytes.
-    var pacingTokens: Double = 0
-    var pacingLast: UInt64 = 0
+    /// Pacing (aws limits): bytes, charged per message at the full read size.
+    var pacing: TokenBucket?
 
     init(task: AgentTask, token: String, onEnd: @escaping @Sendable (String, String?) -> Void) {
         self.task = task
         self.token = token
         self.onEnd = onEnd
+        self.pacing = task.limits.agentBytesPerSecond.map { TokenBucket(rate: Double($0), capacity: Double($0) / 10) }
     }
 
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -422,9 +422,10 @@ final class AgentSessionHandler: ChannelInboundHandler {
         if wrote { context.flush() }
         self.updateDestinationReads()
         if self.hasPendingOutput, !self.pumpScheduled, !self.paused, self.reliable.unacknowledgedCount < Self.outputWindow {
-            // Held back by pacing: come back when the bucket has refilled enough.
+            // Held back by pacing: come back when the bucket holds one more message.
             self.pumpScheduled = true
-            context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) {
+            let wait = self.pacing?.delay(until: Double(self.task.limits.agentReadChunk)) ?? 0
+            context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(max(wait, 100_000)))) {
                 self.pumpScheduled = false
                 self.pump()
             }
@@ -447,17 +448,18 @@ final class AgentSessionHandler: ChannelInboundHandler {
     }
 
     func paceAllows(_ bytes: Int) -> Bool {
-        guard let rate = self.task.limits.agentBytesPerSecond else { return true }
-        let now = Self.now()
-        if self.pacingLast == 0 { self.pacingLast = now; self.pacingTokens = Double(rate) / 10 }
-        self.pacingTokens = min(Double(rate) / 10, self.pacingTokens + Double(now - self.pacingLast) * Double(rate) / 1e9)
-        self.pacingLast = now
-        return self.pacingTokens >= Double(min(bytes, 1024))
+        guard var pacing = self.pacing else { return true }
+        pacing.refill(now: Self.now())
+        self.pacing = pacing
+        return pacing.tokens >= Double(self.task.limits.agentReadChunk)
     }
 
+    /// Charged per message at the full read size: the real agent sleeps after every read,
+    /// whatever it read, so it stays under about 1000 messages per second as well as 1 MB/s.
     func consumePacing(_ bytes: Int) {
-        guard self.task.limits.agentBytesPerSecond != nil else { return }
-        self.pacingTokens -= Double(bytes)
+        guard var pacing = self.pacing else { return }
+        _ = pacing.take(Double(max(bytes, self.task.limits.agentReadChunk)), now: Self.now())
+        self.pacing = pacing
     }
 
     func sendStream(_ type: PayloadType, _ payload: ByteBuffer, flush: Bool = true) {

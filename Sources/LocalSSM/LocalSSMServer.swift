@@ -20,7 +20,7 @@ public final class LocalSSMServer: Sendable {
     public init(configuration: LocalSSMConfiguration) {
         self.configuration = configuration
         self.registry = SessionRegistry()
-        self.mgs = MGS(registry: self.registry)
+        self.mgs = MGS(registry: self.registry, limits: configuration.limits)
         self.verifier = SigV4Verifier(
             region: configuration.region, services: ["ssm", "ec2", "ssmmessages"],
             credentials: configuration.credentials.map { AWSCredentials(accessKeyID: $0.accessKeyID, secretAccessKey: $0.secretAccessKey) })
@@ -296,7 +296,7 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
         case .awaitingOpen:
             self.open(data, context: context)
         case .data(let relay, let role):
-            relay.forward(data, from: role)
+            relay.forward(data, from: role, sender: context.channel)
         case .control:
             self.mgs.handleControlFrame(data, from: context.channel)
         case .closed:

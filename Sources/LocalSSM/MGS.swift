@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import NIOCore
 import NIOWebSocket
@@ -11,14 +12,16 @@ import Synchronization
 /// `Terminating`); session data passes through as the same `ByteBuffer`, never copied.
 public final class MGS: Sendable {
     let registry: SessionRegistry
+    let limits: LimitsProfile
     private let controlChannels = Mutex<[String: any Channel]>([:])
     private let controlTokens = Mutex<[String: String]>([:])
     private let relays = Mutex<[String: SessionRelay]>([:])
     /// Frames held for a side that is not connected; beyond this the oldest are dropped (both peers resend).
     static let pendingFrameLimit = 4096
 
-    init(registry: SessionRegistry) {
+    init(registry: SessionRegistry, limits: LimitsProfile = .aws) {
         self.registry = registry
+        self.limits = limits
     }
 
     // MARK: Control channel
@@ -53,7 +56,7 @@ public final class MGS: Sendable {
     /// Sends `interactive_shell` to the target's agent, as MGS does on StartSession.
     func deliverStartSession(_ session: SessionRegistry.Session, document: SessionDocument) -> Bool {
         guard let channel = self.controlChannels.withLock({ $0[session.target] }) else { return false }
-        let relay = SessionRelay(sessionID: session.id, target: session.target, mgs: self)
+        let relay = SessionRelay(sessionID: session.id, target: session.target, mgs: self, messagesPerSecond: self.limits.messagesPerSecond)
         self.relays.withLock { $0[session.id] = relay }
         let content = JSONValue.object([
             ("DocumentName", .string(session.documentName)),
@@ -145,6 +148,12 @@ final class SessionRelay: Sendable {
         var channel: (any Channel)?
         var pending: [ByteBuffer] = []
         var droppedFrames = 0
+        /// Data messages this side may still send (nil: no limit).
+        var bucket: TokenBucket?
+        /// Over the limit: told to pause; its frames wait in `held` and leave at the allowed rate.
+        var paused = false
+        var held = CircularBuffer<ByteBuffer>()
+        var refusedWhilePaused = 0
     }
 
     struct State {
@@ -156,10 +165,20 @@ final class SessionRelay: Sendable {
 
     private let state = Mutex(State())
 
-    init(sessionID: String, target: String, mgs: MGS) {
+    /// Data messages per second per direction; nil: no limit.
+    let messagesPerSecond: Int?
+
+    init(sessionID: String, target: String, mgs: MGS, messagesPerSecond: Int?) {
         self.sessionID = sessionID
         self.target = target
         self.mgs = mgs
+        self.messagesPerSecond = messagesPerSecond
+        if let rate = messagesPerSecond {
+            self.state.withLock { state in
+                state.client.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
+                state.agent.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
+            }
+        }
     }
 
     /// Connects one side; frames held for it are flushed in order. A newer connection of the
@@ -205,10 +224,111 @@ final class SessionRelay: Sendable {
         if endSession { self.mgs.sessionEnded(self.sessionID) }
     }
 
+    enum RateDecision { case pass, hold(startDraining: Bool), drop, close }
+
+    /// The service's data-message rate limit. A sender over it is told `pause_publication`; what it
+    /// already sent waits (bounded) and leaves at the allowed rate, in order; `start_publication`
+    /// follows once the queue is empty and the bucket half full. A sender that keeps going past the
+    /// queue for five seconds' worth of messages is disconnected.
+    func rateDecision(for role: SessionRegistry.Role, frame: ByteBuffer, now: UInt64) -> RateDecision {
+        guard let rate = self.messagesPerSecond else { return .pass }
+        return self.state.withLock { state in
+            switch role {
+            case .client: return Self.decide(&state.client, frame: frame, rate: rate, now: now)
+            case .agent: return Self.decide(&state.agent, frame: frame, rate: rate, now: now)
+            }
+        }
+    }
+
+    static func decide(_ side: inout Side, frame: ByteBuffer, rate: Int, now: UInt64) -> RateDecision {
+        guard var bucket = side.bucket else { return .pass }
+        defer { side.bucket = bucket }
+        if side.held.isEmpty, !side.paused, bucket.take(1, now: now) { return .pass }
+        if side.held.count < rate * 2 {
+            side.held.append(frame)
+            let first = !side.paused
+            side.paused = true
+            return .hold(startDraining: first)
+        }
+        side.refusedWhilePaused += 1
+        return side.refusedWhilePaused > rate * 5 ? .close : .drop
+    }
+
+    /// Sends held frames as the bucket allows; ends the pause when all are out and the bucket is half full.
+    func drainHeld(_ role: SessionRegistry.Role, sender: any Channel) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let (frames, destination, resume, wait, closed) = self.state.withLock { state -> ([ByteBuffer], (any Channel)?, Bool, UInt64, Bool) in
+            func drain(_ side: inout Side, to other: inout Side) -> ([ByteBuffer], (any Channel)?, Bool, UInt64) {
+                guard var bucket = side.bucket else { return ([], nil, false, 0) }
+                var out: [ByteBuffer] = []
+                while !side.held.isEmpty, bucket.take(1, now: now) { out.append(side.held.removeFirst()) }
+                var resume = false
+                bucket.refill(now: now)
+                if side.held.isEmpty, side.paused, bucket.tokens >= bucket.capacity / 2 {
+                    side.paused = false
+                    side.refusedWhilePaused = 0
+                    resume = true
+                }
+                side.bucket = bucket
+                let wait = side.held.isEmpty ? UInt64(100_000_000) : max(bucket.delay(until: 1), 1_000_000)
+                if other.channel == nil {
+                    for frame in out { Self.hold(frame, in: &other) }
+                    return ([], nil, resume, wait)
+                }
+                return (out, other.channel, resume, wait)
+            }
+            guard !state.closed else { return ([], nil, false, 0, true) }
+            switch role {
+            case .client:
+                let (out, channel, resume, wait) = drain(&state.client, to: &state.agent)
+                return (out, channel, resume, wait, false)
+            case .agent:
+                let (out, channel, resume, wait) = drain(&state.agent, to: &state.client)
+                return (out, channel, resume, wait, false)
+            }
+        }
+        guard !closed else { return }
+        if let destination, !frames.isEmpty {
+            for frame in frames { destination.write(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil) }
+            destination.flush()
+        }
+        if resume {
+            sender.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: Self.publicationFrame(.startPublication)), promise: nil)
+        } else {
+            sender.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait))) { self.drainHeld(role, sender: sender) }
+        }
+    }
+
+    static func publicationFrame(_ type: MessageType) -> ByteBuffer {
+        let message = AgentMessage(
+            messageType: type, createdDate: MGS.nowMilliseconds(), sequenceNumber: 0, flags: .control,
+            messageID: .random(), payloadType: .undefined, payload: ByteBuffer(string: "{}"))
+        return try! message.encoded()  // non-empty payload: cannot fail
+    }
+
     /// Passes a frame to the other side, or holds it until that side (re)connects.
-    func forward(_ frame: ByteBuffer, from role: SessionRegistry.Role) {
-        if role == .agent, let header = try? AgentMessage.decode(frame, options: .init(verifiesDigest: false)),
-            header.messageType == .agentSessionState
+    func forward(_ frame: ByteBuffer, from role: SessionRegistry.Role, sender: any Channel) {
+        let header = try? AgentMessage.decode(frame, options: .init(verifiesDigest: false))
+        if let header, header.messageType.isStreamData {
+            switch self.rateDecision(for: role, frame: frame, now: DispatchTime.now().uptimeNanoseconds) {
+            case .pass:
+                break
+            case .hold(let startDraining):
+                if startDraining {
+                    sender.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: Self.publicationFrame(.pausePublication)), promise: nil)
+                    sender.eventLoop.scheduleTask(in: .milliseconds(1)) { self.drainHeld(role, sender: sender) }
+                }
+                return
+            case .drop:
+                return
+            case .close:
+                if self.mgs.registry.terminate(self.sessionID) {
+                    self.mgs.closeSession(self.sessionID, output: "Session closed: the data message rate limit was exceeded.")
+                }
+                return
+            }
+        }
+        if role == .agent, let header, header.messageType == .agentSessionState
         {
             // Meant for the service, not the client.
             if let state = try? AgentSessionState(decoding: header.payload), state.sessionState == AgentSessionState.terminating {

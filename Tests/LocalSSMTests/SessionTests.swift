@@ -60,28 +60,29 @@ struct SessionTests {
                 }
                 #expect(total == 64 << 20)
             }
+            #expect(try await session.pausesSeen() == 0, "--limits unlimited must not throttle")
             try await session.terminate()
             let output = try await session.closed.get()
             #expect(output == "" || output == "socket closed")
         }
     }
 
-    @Test("a refused destination port answers ConnectToPortError and the session survives")
-    func refusedDestination() async throws {
+    @Test("--limits aws: a sender over 1000 messages/s is paused, nothing is lost, and paced data arrives intact")
+    func awsLimits() async throws {
         let echo = try await EchoServer()
-        let closedPort = try await EchoServer()
-        let refused = closedPort.port
-        await closedPort.close()
         defer { Task { await echo.close() } }
-        try await withEmulator { emulator in
+        let configuration = LocalSSMConfiguration(listenPort: 0, limits: .aws)
+        try await withEmulator(configuration) { emulator in
             let started = try await Self.startSession(
-                emulator, document: "AWS-StartPortForwardingSessionToRemoteHost",
-                parameters: ["host": "127.0.0.1", "portNumber": "\(refused)"])
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)"])
             let session = try await TestSession.connect(streamURL: started.url, token: started.token)
             try await session.ready.get()
-            let result = try await session.stream(bytes: 1000, seed: 9)
-            #expect(result.connectError)
-            #expect(result.receivedBytes == 0)
+            try await session.flood(count: 2500)
+            let bytes = 1 << 20
+            let result = try await session.stream(bytes: bytes, seed: 42)
+            #expect(result.receivedSHA256 == result.sentSHA256)
+            #expect(result.receivedBytes == bytes)
+            #expect(try await session.pausesSeen() > 0)
         }
     }
 }

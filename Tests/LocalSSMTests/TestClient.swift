@@ -220,6 +220,13 @@ final class TestSessionClient: ChannelInboundHandler {
         self.scheduleRetransmit()
     }
 
+    /// Sends `count` small stream messages at once, ignoring the window: faster than any rate limit.
+    func flood(count: Int) {
+        let size = TerminalSize(columns: 80, rows: 24).encoded()
+        for _ in 0..<count { self.send(.size, size, flush: false) }
+        self.context?.flush()
+    }
+
     func sendTerminate() {
         self.send(.flag, PortFlag.terminateSession.encoded())
     }
@@ -269,6 +276,17 @@ struct TestSession: Sendable {
     func handshakeProperties() async throws -> (agentVersion: String, properties: JSONValue) {
         let handler = self.handler
         return try await self.channel.eventLoop.submit { (handler.value.agentVersion, handler.value.sessionTypeProperties) }.get()
+    }
+
+    func flood(count: Int) async throws {
+        let handler = self.handler
+        try await self.channel.eventLoop.submit { handler.value.flood(count: count) }.get()
+    }
+
+    /// How many `pause_publication` messages MGS sent this client.
+    func pausesSeen() async throws -> Int {
+        let handler = self.handler
+        return try await self.channel.eventLoop.submit { handler.value.pausedSeen }.get()
     }
 
     func terminate() async throws {
