@@ -35,6 +35,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
         case none
         case mux(SmuxSession)
         case basic
+        /// Standard_Stream and InteractiveCommands: a process on a pty (no handshake without KMS).
+        case terminal(PseudoTerminal)
     }
 
     let task: AgentTask
@@ -90,8 +92,14 @@ final class AgentSessionHandler: ChannelInboundHandler {
         let state = AgentSessionState(sessionState: AgentSessionState.connected, sessionID: self.task.sessionID)
         self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
         context.flush()
-        guard self.task.sessionType == SessionTypeName.port else {
-            self.end(failure: "session type \(self.task.sessionType) is not supported by this agent simulator yet")
+        switch self.task.sessionType {
+        case SessionTypeName.port:
+            break
+        case SessionTypeName.standardStream, SessionTypeName.interactiveCommands:
+            self.startTerminal(context: context)
+            return
+        default:
+            self.end(failure: "session type \(self.task.sessionType) is not supported by this agent simulator")
             return
         }
         self.handshakeStarted = Self.now()
@@ -113,9 +121,63 @@ final class AgentSessionHandler: ChannelInboundHandler {
         self.end(failure: "data channel error: \(error)")
     }
 
+    // MARK: Shell and commands
+
+    /// The terminal's output not yet sent; reading the pty pauses while it is large.
+    var terminalOutput = CircularBuffer<ByteBuffer>()
+    var terminalExitCode: Int32?
+
+    func startTerminal(context: ChannelHandlerContext) {
+        var arguments = ["/bin/sh", "-l"]
+        if self.task.sessionType == SessionTypeName.interactiveCommands {
+            guard let command = self.task.properties["linux"]?["commands"]?.stringValue, !command.isEmpty else {
+                self.end(failure: "InteractiveCommands needs a command")
+                return
+            }
+            arguments = ["/bin/sh", "-c", command]
+        }
+        do {
+            let terminal = try PseudoTerminal.spawn(
+                arguments: arguments, environment: ProcessInfo.processInfo.environment, columns: 80, rows: 24,
+                on: context.eventLoop,
+                onOutput: { [weak self] output in
+                    guard let self else { return }
+                    self.terminalOutput.append(output)
+                    self.pump()
+                },
+                onExit: { [weak self] code in
+                    self?.terminalExited(code)
+                })
+            self.plugin = .terminal(terminal)
+            self.phase = .running
+        } catch {
+            self.end(failure: "cannot start the shell: \(error)")
+        }
+    }
+
+    /// Like the agent: wait (at most 2 s) for the output to be delivered, report Terminating, close.
+    func terminalExited(_ code: Int32) {
+        self.terminalExitCode = code
+        self.pump()
+        guard let context = self.context else { return }
+        let deadline = NIODeadline.now() + .seconds(2)
+        func finish() {
+            if (self.terminalOutput.isEmpty && self.reliable.unacknowledgedCount == 0) || NIODeadline.now() > deadline {
+                let state = AgentSessionState(sessionState: AgentSessionState.terminating, sessionID: self.task.sessionID)
+                self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
+                context.flush()
+                self.end(failure: nil)
+            } else {
+                context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { finish() }
+            }
+        }
+        finish()
+    }
+
     /// Ends the session: destinations closed, the WebSocket closed, the control channel told.
     func end(failure: String?) {
         guard self.phase != .ended else { return }
+        if case .terminal(let terminal) = self.plugin, self.terminalExitCode == nil { terminal.terminate() }
         self.phase = .ended
         self.retransmitTask?.cancel()
         self.handshakeTimeout?.cancel()
@@ -166,7 +228,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
     }
 
     func receiveStream(_ message: AgentMessage, context: ChannelHandlerContext) {
-        let ready = self.destinationBacklog < Self.destinationBacklogLimit
+        var ready = self.destinationBacklog < Self.destinationBacklogLimit
+        if case .terminal(let terminal) = self.plugin, terminal.pendingWriteBytes > 1 << 20 { ready = false }
         let reception = self.reliable.receive(message, ready: ready)
         if let ack = reception.acknowledgement {
             context.writeAndFlush(
@@ -195,6 +258,17 @@ final class AgentSessionHandler: ChannelInboundHandler {
             self.sendStream(.handshakeComplete, HandshakeComplete(handshakeTimeToComplete: took, customerMessage: "").encoded())
             self.startPlugin()
         case .running:
+            if case .terminal(let terminal) = self.plugin {
+                switch message.payloadType {
+                case .output: terminal.write(message.payload)
+                case .size:
+                    if let size = try? TerminalSize(decoding: message.payload) {
+                        terminal.resize(columns: UInt16(clamping: size.columns), rows: UInt16(clamping: size.rows))
+                    }
+                default: break
+                }
+                return
+            }
             switch message.payloadType {
             case .output: self.input(message.payload)
             case .flag:
@@ -251,7 +325,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
         case .basic:
             if self.destinations[0] == nil { self.dial(stream: 0) }
             self.toDestination(stream: 0, payload)
-        case .none:
+        case .none, .terminal:
             break
         }
     }
@@ -318,7 +392,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
             self.pump()
         case .basic:
             self.end(failure: "Unable to connect to specified port: \(error)")
-        case .none:
+        case .none, .terminal:
             break
         }
     }
@@ -346,7 +420,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
         case .basic:
             // Stdio sessions (AWS-StartSSHSession) end with the destination; LocalPortForwarding re-dials on demand.
             if !self.isMuxRequested { self.flushThenEnd() }
-        case .none: break
+        case .none, .terminal: break
         }
         self.pump()
     }
@@ -411,6 +485,17 @@ final class AgentSessionHandler: ChannelInboundHandler {
                     if first.readableBytes == 0 { queue.removeFirst() } else { queue[queue.startIndex] = first }
                     self.pendingFromDestination[0] = queue.isEmpty ? nil : queue
                 }
+            case .terminal:
+                if var first = self.terminalOutput.first {
+                    var piece = first.getSlice(at: first.readerIndex, length: min(chunk, first.readableBytes))!
+                    if piece.readableBytes < first.readableBytes {
+                        // Cut at a character boundary, as the agent does: the tail goes in the next message.
+                        let complete = splitAtUTF8Boundary(&piece)
+                        if complete.readableBytes > 0 { piece = complete }
+                    }
+                    payload = first.readSlice(length: piece.readableBytes)
+                    if first.readableBytes == 0 { self.terminalOutput.removeFirst() } else { self.terminalOutput[self.terminalOutput.startIndex] = first }
+                }
             case .none:
                 break
             }
@@ -433,7 +518,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
     }
 
     var hasPendingOutput: Bool {
-        if !self.pendingFromDestination.isEmpty { return true }
+        if !self.pendingFromDestination.isEmpty || !self.terminalOutput.isEmpty { return true }
         if case .mux(let session) = self.plugin { return session.hasPendingOutbound }
         return false
     }
@@ -441,6 +526,10 @@ final class AgentSessionHandler: ChannelInboundHandler {
     /// Destinations are read only while their bytes can move on: bounded memory both ways.
     func updateDestinationReads() {
         let roomy = self.reliable.unacknowledgedCount < Self.outputWindow && !self.paused
+        if case .terminal(let terminal) = self.plugin {
+            let backlog = self.terminalOutput.reduce(0) { $0 + $1.readableBytes }
+            if roomy && backlog < 64 * 1024 { terminal.resumeReading() } else { terminal.pauseReading() }
+        }
         for (stream, destination) in self.destinations {
             let backlog = self.pendingFromDestination[stream]?.reduce(0) { $0 + $1.readableBytes } ?? 0
             destination.setReading(roomy && backlog < 64 * 1024)

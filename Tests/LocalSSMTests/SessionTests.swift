@@ -85,4 +85,35 @@ struct SessionTests {
             #expect(try await session.pausesSeen() > 0)
         }
     }
+
+    @Test("a shell session on a pty: runs commands, honours the terminal size, ends when the shell exits")
+    func shellSession() async throws {
+        try await withEmulator { emulator in
+            let started = try await Self.startSession(emulator, document: "SSM-SessionManagerRunShell", parameters: [:])
+            let session = try await TestSession.connect(streamURL: started.url, token: started.token, terminal: true)
+            try await session.ready.get()
+            try await session.resize(columns: 132, rows: 41)
+            try await session.type("stty size; echo marker-$((6*7))\r")
+            #expect(try await session.waitForOutput(containing: "41 132"))
+            #expect(try await session.waitForOutput(containing: "marker-42"))
+            try await session.type("exit 3\r")
+            let output = try await session.closed.get()
+            #expect(output == "" || output == "socket closed")
+            let record = try #require(emulator.server.registry.session(started.sessionID))
+            #expect(record.status == .terminated)
+        }
+    }
+
+    @Test("AWS-StartInteractiveCommand runs its command on a pty and the session ends with it")
+    func interactiveCommand() async throws {
+        try await withEmulator { emulator in
+            let started = try await Self.startSession(
+                emulator, document: "AWS-StartInteractiveCommand", parameters: ["command": "echo from-the-command; tty"])
+            let session = try await TestSession.connect(streamURL: started.url, token: started.token, terminal: true)
+            try await session.ready.get()
+            #expect(try await session.waitForOutput(containing: "from-the-command"))
+            #expect(try await session.waitForOutput(containing: "/dev/pts/"))
+            _ = try await session.closed.get()
+        }
+    }
 }

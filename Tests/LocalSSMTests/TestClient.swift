@@ -39,6 +39,9 @@ final class TestSessionClient: ChannelInboundHandler {
     var ready: EventLoopPromise<Void>
     var closed: EventLoopPromise<String>
     var pausedSeen = 0
+    /// Shell and command sessions: what the agent printed (no smux, no handshake).
+    var isTerminal = false
+    var terminalOutput = ByteBuffer()
 
     // Per stream: bytes still to send, hashes, and completion.
     final class StreamState {
@@ -128,6 +131,14 @@ final class TestSessionClient: ChannelInboundHandler {
         case .handshakeComplete:
             self.handshakeDone = true
             self.ready.succeed(())
+        case .output where self.isTerminal:
+            var payload = message.payload
+            self.terminalOutput.writeBuffer(&payload)
+            if !self.handshakeDone {
+                // No handshake for shells: the first output starts the session, as for the official client.
+                self.handshakeDone = true
+                self.ready.succeed(())
+            }
         case .output:
             var events: [SmuxEvent] = []
             try? self.smux.receive(message.payload, into: &events)
@@ -227,6 +238,14 @@ final class TestSessionClient: ChannelInboundHandler {
         self.context?.flush()
     }
 
+    func type(_ text: String) {
+        self.send(.output, ByteBuffer(string: text))
+    }
+
+    func resize(columns: UInt32, rows: UInt32) {
+        self.send(.size, TerminalSize(columns: columns, rows: rows).encoded())
+    }
+
     func sendTerminate() {
         self.send(.flag, PortFlag.terminateSession.encoded())
     }
@@ -251,7 +270,7 @@ struct TestSession: Sendable {
     let ready: EventLoopFuture<Void>
     let closed: EventLoopFuture<String>
 
-    static func connect(streamURL: String, token: String, clientVersion: String = "1.2.650.0") async throws -> TestSession {
+    static func connect(streamURL: String, token: String, clientVersion: String = "1.2.650.0", terminal: Bool = false) async throws -> TestSession {
         let url = URL(string: streamURL)!
         let uri = url.path + (url.query.map { "?\($0)" } ?? "")
         let box = Mutex<(NIOLoopBound<TestSessionClient>, EventLoopFuture<Void>, EventLoopFuture<String>)?>(nil)
@@ -259,6 +278,7 @@ struct TestSession: Sendable {
             group: MultiThreadedEventLoopGroup.singleton, host: url.host!, port: url.port!, uri: uri, headers: []
         ) { channel in
             let client = TestSessionClient(token: token, clientVersion: clientVersion, loop: channel.eventLoop)
+            client.isTerminal = terminal
             try channel.pipeline.syncOperations.addHandler(client)
             box.withLock { $0 = (NIOLoopBound(client, eventLoop: channel.eventLoop), client.ready.futureResult, client.closed.futureResult) }
         }
@@ -276,6 +296,31 @@ struct TestSession: Sendable {
     func handshakeProperties() async throws -> (agentVersion: String, properties: JSONValue) {
         let handler = self.handler
         return try await self.channel.eventLoop.submit { (handler.value.agentVersion, handler.value.sessionTypeProperties) }.get()
+    }
+
+    func type(_ text: String) async throws {
+        let handler = self.handler
+        try await self.channel.eventLoop.submit { handler.value.type(text) }.get()
+    }
+
+    func resize(columns: UInt32, rows: UInt32) async throws {
+        let handler = self.handler
+        try await self.channel.eventLoop.submit { handler.value.resize(columns: columns, rows: rows) }.get()
+    }
+
+    func output() async throws -> String {
+        let handler = self.handler
+        return try await self.channel.eventLoop.submit { String(buffer: handler.value.terminalOutput) }.get()
+    }
+
+    /// Waits (bounded) until the output contains `text`.
+    func waitForOutput(containing text: String, timeout: Duration = .seconds(15)) async throws -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await self.output().contains(text) { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return false
     }
 
     func flood(count: Int) async throws {
