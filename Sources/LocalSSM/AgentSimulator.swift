@@ -61,12 +61,6 @@ public final class AgentSimulator: Sendable {
         ])
         try await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: open.encoded))
         self.state.withLock { $0.controlChannel = channel }
-        try await self.waitForControlAttach()
-    }
-
-    /// MGS answers nothing to the open frame; the instance counts as connected once MGS has it.
-    func waitForControlAttach() async throws {
-        try await Task.sleep(for: .milliseconds(20))
     }
 
     func run() async {
@@ -81,7 +75,7 @@ public final class AgentSimulator: Sendable {
                 // Unreachable MGS: retry with backoff, like the agent's control-channel retryer.
             }
             guard !self.state.withLock({ $0.stopped }) else { break }
-            try? await Task.sleep(for: delay)
+            try? await Task.sleep(for: delay)  // reconnect retry backoff
             delay = min(delay * 2, .seconds(5))
         }
     }
@@ -243,10 +237,11 @@ public final class LocalEmulator: Sendable {
             started.append(agent)
         }
         self.agents.withLock { $0 = started }
-        // Ready when every agent holds its control channel (bounded: a broken agent must not hang start-up).
+        // Ready when every agent holds its control channel. MGS sends no answer to the open frame, so this
+        // polls, bounded at 2 s: a broken agent must not hang start-up (its instance then shows ConnectionLost).
         for _ in 0..<200 {
             if started.allSatisfy({ self.server.mgs.isAgentConnected($0.instance.id) }) { return }
-            try await Task.sleep(for: .milliseconds(10))
+            try await Task.sleep(for: .milliseconds(10))  // start-up readiness poll, not pacing
         }
     }
 
