@@ -118,6 +118,14 @@ public final class MGS: Sendable {
         self.relays.withLock { $0[sessionID] }
     }
 
+    /// Fault injection: closes one side's WebSocket of a session as a network failure would (no
+    /// `channel_closed`); the session stays, ready for the side to reconnect (ResumeSession for a client).
+    @discardableResult
+    public func dropWebSocket(sessionID: String, client: Bool) -> Bool {
+        guard let relay = self.relay(sessionID) else { return false }
+        return relay.dropSide(client ? .client : .agent)
+    }
+
     /// Ends a session on both sides with `channel_closed`.
     func closeSession(_ sessionID: String, output: String) {
         guard let relay = self.relays.withLock({ $0.removeValue(forKey: sessionID) }) else { return }
@@ -207,6 +215,17 @@ final class SessionRelay: Sendable {
         channel.flush()
         if role == .agent { self.mgs.registry.markConnected(self.sessionID) }
         return true
+    }
+
+    func dropSide(_ role: SessionRegistry.Role) -> Bool {
+        let channel = self.state.withLock { state -> (any Channel)? in
+            switch role {
+            case .client: return state.client.channel
+            case .agent: return state.agent.channel
+            }
+        }
+        channel?.close(promise: nil)
+        return channel != nil
     }
 
     func detach(_ role: SessionRegistry.Role, channel: any Channel) {

@@ -116,4 +116,31 @@ struct SessionTests {
             _ = try await session.closed.get()
         }
     }
+
+    @Test("the client's WebSocket dropped mid-transfer: ResumeSession, reconnect, and the bytes arrive intact")
+    func clientDropAndResume() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        try await withEmulator { emulator in
+            let started = try await Self.startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)"])
+            let session = try await TestSession.connect(streamURL: started.url, token: started.token)
+            try await session.ready.get()
+            let dropped = try await session.expectDrop()
+            async let transfer = session.stream(bytes: 8 << 20, seed: 7)
+            // Let some data flow, then cut the client's socket as a network failure would.
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(emulator.server.mgs.dropWebSocket(sessionID: started.sessionID, client: true))
+            try await dropped.get()
+            // What the client does next: ResumeSession (the real API, through awscli) and a new socket.
+            let resumed = try await aws(["ssm", "resume-session", "--session-id", started.sessionID], endpoint: emulator.server.endpointURL)
+            #expect(resumed.status == 0, "\(resumed.stderr)")
+            let token = try #require(resumed.json?["TokenValue"] as? String)
+            let url = try #require(resumed.json?["StreamUrl"] as? String)
+            _ = try await session.reconnect(streamURL: url, token: token)
+            let result = try await transfer
+            #expect(result.receivedBytes == 8 << 20)
+            #expect(result.receivedSHA256 == result.sentSHA256)
+        }
+    }
 }

@@ -23,7 +23,10 @@ final class TestSessionClient: ChannelInboundHandler {
         var connectError: Bool
     }
 
-    let token: String
+    var token: String
+    /// When set, a dropped WebSocket is not the end: the test reconnects with a resumed token.
+    var survivesDrops = false
+    var drops: EventLoopPromise<Void>?
     let clientVersion: String
     var reliable = ReliableStream(configuration: .client)
     var smux = SmuxSession(role: .client, configuration: {
@@ -73,14 +76,30 @@ final class TestSessionClient: ChannelInboundHandler {
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        let reconnecting = self.handshakeDone
         self.context = context
         let open = OpenDataChannelInput(
             requestID: UUID().uuidString.lowercased(), tokenValue: self.token,
             role: .client(clientID: UUID().uuidString.lowercased(), clientVersion: self.clientVersion))
         context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: open.encoded())), promise: nil)
+        if reconnecting {
+            // Nothing is replayed explicitly: the unacknowledged messages go again, oldest first.
+            for frame in self.reliable.unacknowledgedFrames {
+                context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            }
+            context.flush()
+            self.pump()
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if self.survivesDrops {
+            self.context = nil
+            self.drops?.succeed(())
+            self.drops = nil
+            context.fireChannelInactive()
+            return
+        }
         self.closed.succeed("socket closed")
         self.ready.fail(ChannelError.ioOnClosedChannel)
         for stream in self.streams.values { stream.done.fail(ChannelError.ioOnClosedChannel) }
@@ -269,6 +288,31 @@ struct TestSession: Sendable {
     let handler: NIOLoopBound<TestSessionClient>
     let ready: EventLoopFuture<Void>
     let closed: EventLoopFuture<String>
+
+    /// Arms drop survival and returns a future that completes when the current WebSocket goes away.
+    func expectDrop() async throws -> EventLoopFuture<Void> {
+        let handler = self.handler
+        let loop = self.channel.eventLoop
+        return try await loop.submit {
+            handler.value.survivesDrops = true
+            let promise = loop.makePromise(of: Void.self)
+            handler.value.drops = promise
+            return promise.futureResult
+        }.get()
+    }
+
+    /// Opens a new WebSocket with a resumed token and moves the same client state onto it.
+    func reconnect(streamURL: String, token: String) async throws -> TestSession {
+        let url = URL(string: streamURL)!
+        let uri = url.path + (url.query.map { "?\($0)" } ?? "")
+        let handler = self.handler
+        let loop = self.channel.eventLoop
+        try await loop.submit { handler.value.token = token }.get()
+        let channel = try await LoopbackClient.connectWebSocket(group: loop, host: url.host!, port: url.port!, uri: uri, headers: []) { channel in
+            try channel.pipeline.syncOperations.addHandler(handler.value)
+        }
+        return TestSession(channel: channel, handler: handler, ready: self.ready, closed: self.closed)
+    }
 
     static func connect(streamURL: String, token: String, clientVersion: String = "1.2.650.0", terminal: Bool = false) async throws -> TestSession {
         let url = URL(string: streamURL)!
