@@ -81,10 +81,6 @@ final class AgentSessionHandler: ChannelInboundHandler {
         if context.channel.isActive { self.begin(context: context) }
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        context.fireChannelActive()
-    }
-
     func begin(context: ChannelHandlerContext) {
         let open = OpenDataChannelInput(
             requestID: UUID().uuidString.lowercased(), tokenValue: self.token, role: .agent(instanceID: self.task.instance.id))
@@ -155,23 +151,31 @@ final class AgentSessionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Like the agent: wait (at most 2 s) for the output to be delivered, report Terminating, close.
     func terminalExited(_ code: Int32) {
         self.terminalExitCode = code
+        self.drainThenEnd(reportTerminating: true)
+    }
+
+    /// Like the agent's PrepareToCloseChannel: poll every 10 ms, at most 2 s, until everything read
+    /// has been sent and acknowledged; then (shells) report Terminating, and close.
+    func drainThenEnd(reportTerminating: Bool) {
         self.pump()
         guard let context = self.context else { return }
         let deadline = NIODeadline.now() + .seconds(2)
-        func finish() {
-            if (self.terminalOutput.isEmpty && self.reliable.unacknowledgedCount == 0) || NIODeadline.now() > deadline {
-                let state = AgentSessionState(sessionState: AgentSessionState.terminating, sessionID: self.task.sessionID)
-                self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
-                context.flush()
+        func check() {
+            guard self.phase != .ended else { return }
+            if (!self.hasPendingOutput && self.reliable.unacknowledgedCount == 0) || NIODeadline.now() > deadline {
+                if reportTerminating {
+                    let state = AgentSessionState(sessionState: AgentSessionState.terminating, sessionID: self.task.sessionID)
+                    self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
+                    context.flush()
+                }
                 self.end(failure: nil)
             } else {
-                context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { finish() }
+                context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { check() }
             }
         }
-        finish()
+        check()
     }
 
     /// Ends the session: destinations closed, the WebSocket closed, the control channel told.
@@ -419,24 +423,10 @@ final class AgentSessionHandler: ChannelInboundHandler {
         case .mux: self.closeMuxStream(stream)
         case .basic:
             // Stdio sessions (AWS-StartSSHSession) end with the destination; LocalPortForwarding re-dials on demand.
-            if !self.isMuxRequested { self.flushThenEnd() }
+            if !self.isMuxRequested { self.drainThenEnd(reportTerminating: false) }
         case .none, .terminal: break
         }
         self.pump()
-    }
-
-    func flushThenEnd() {
-        self.pump()
-        guard let loop = self.context?.eventLoop else { return }
-        let deadline = NIODeadline.now() + .seconds(2)
-        func check() {
-            if self.reliable.unacknowledgedCount == 0 || NIODeadline.now() > deadline {
-                self.end(failure: nil)
-            } else {
-                loop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { check() }
-            }
-        }
-        check()
     }
 
     func closeMuxStream(_ stream: UInt32) {
