@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // Wire layer: AgentMessage, payloads, handshake and smux frames. Pure codecs, no I/O.
@@ -36,6 +37,31 @@ let package = Package(
             dependencies: [
                 "SSMProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The client's reliable data channel: WebSocket (TLS), OpenDataChannel, acks and resends,
+        // handshake, KMS encryption, reconnect with ResumeSession, rate and window limits.
+        .target(
+            name: "DataChannel",
+            dependencies: [
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // What runs on a data channel: port forwarding (stdio, basic, mux with smux) and shells.
+        .target(
+            name: "Sessions",
+            dependencies: [
+                "DataChannel",
+                "Mux",
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // The local emulator of Session Manager: SSM/EC2 APIs, MGS relay, agent simulator.
@@ -98,6 +124,19 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
+            name: "DataChannelTests",
+            dependencies: [
+                "DataChannel",
+                "Sessions",
+                "LocalSSM",
+                "SSMProtocol",
+                "Mux",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),

@@ -1,4 +1,5 @@
 import NIOCore
+import SSMProtocol
 import Testing
 
 @testable import LocalSSM

@@ -1,0 +1,68 @@
+import NIOCore
+
+/// Tunables of a client data channel. The defaults look like the official client to the service
+/// (1024-byte messages, a realistic ClientVersion) and stay under the service's message-rate limit.
+public struct DataChannelConfiguration: Sendable, Hashable {
+    /// Reported in OpenDataChannel and the handshake. Agents take protocol decisions from it
+    /// (mux ≥ 1.1.70, smux keepalive off > 1.2.331.0, no upgrade hints > 1.2.295), so it must be
+    /// a current release number.
+    public var clientVersion: String
+    /// Largest payload per data message. The official peers use 1024; larger is opt-in.
+    public var maximumPayloadSize: Int
+    /// Stream messages sent but not yet acknowledged; producing stops at this many.
+    public var sendWindow: Int
+    /// Data messages per second this client sends, kept under the service's limit (~1000/s);
+    /// nil disables the limiter (for measuring against an unlimited emulator).
+    public var messagesPerSecond: Int?
+    /// Messages that may go out back to back before the rate applies.
+    public var messageBurst: Int
+    /// Reconnect attempts after a dropped WebSocket (each ResumeSession + dial), and initial dials.
+    public var reconnectAttempts: Int
+    /// First reconnect delay; it doubles per attempt up to `maximumReconnectDelay` (plus jitter).
+    public var initialReconnectDelay: TimeAmount
+    public var maximumReconnectDelay: TimeAmount
+    /// WebSocket ping cadence (the official client: right after connect, then every 5 minutes).
+    public var pingInterval: TimeAmount
+    /// Give up when the oldest unacknowledged message has waited this long (the official client:
+    /// 3000 resends, about 5 minutes).
+    public var acknowledgementTimeout: TimeAmount
+    /// Out-of-order messages kept while a gap fills.
+    public var incomingCapacity: Int
+    public var connectTimeout: TimeAmount
+    /// Largest WebSocket frame accepted from the service.
+    public var maximumFrameSize: Int
+
+    public init(
+        clientVersion: String = DataChannelConfiguration.defaultClientVersion,
+        maximumPayloadSize: Int = 1024,
+        sendWindow: Int = 512,
+        messagesPerSecond: Int? = 900,
+        messageBurst: Int = 100,
+        reconnectAttempts: Int = 8,
+        initialReconnectDelay: TimeAmount = .milliseconds(100),
+        maximumReconnectDelay: TimeAmount = .seconds(5),
+        pingInterval: TimeAmount = .minutes(5),
+        acknowledgementTimeout: TimeAmount = .minutes(5),
+        incomingCapacity: Int = 10_000,
+        connectTimeout: TimeAmount = .seconds(15),
+        maximumFrameSize: Int = 1 << 20
+    ) {
+        self.clientVersion = clientVersion
+        self.maximumPayloadSize = maximumPayloadSize
+        self.sendWindow = sendWindow
+        self.messagesPerSecond = messagesPerSecond
+        self.messageBurst = messageBurst
+        self.reconnectAttempts = reconnectAttempts
+        self.initialReconnectDelay = initialReconnectDelay
+        self.maximumReconnectDelay = maximumReconnectDelay
+        self.pingInterval = pingInterval
+        self.acknowledgementTimeout = acknowledgementTimeout
+        self.incomingCapacity = incomingCapacity
+        self.connectTimeout = connectTimeout
+        self.maximumFrameSize = maximumFrameSize
+    }
+
+    /// A release number above every gate of the agent and of awscli (> 1.2.497.0 puts the
+    /// StartSession response in the environment, not in argv).
+    public static let defaultClientVersion = "1.2.707.0"
+}

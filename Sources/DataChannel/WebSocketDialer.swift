@@ -1,0 +1,118 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+
+/// Opens the WebSocket of a data channel: TCP, TLS for `wss://` (system trust store, SNI), and
+/// the HTTP upgrade with no extra headers, exactly as the official client dials `StreamUrl`.
+enum WebSocketDialer {
+    /// One TLS context for the process: building it loads the system trust store.
+    static let tlsContext: Result<NIOSSLContext, any Error> = Result {
+        try NIOSSLContext(configuration: .makeClientConfiguration())
+    }
+
+    /// Connects and upgrades; `configure` adds the frame handler on the channel's loop once upgraded.
+    static func connect(
+        to endpoint: StreamEndpoint,
+        on eventLoop: any EventLoop,
+        connectTimeout: TimeAmount,
+        maximumFrameSize: Int,
+        configure: @escaping @Sendable (any Channel) throws -> Void
+    ) -> EventLoopFuture<any Channel> {
+        let upgraded = eventLoop.makePromise(of: Void.self)
+        let address: SocketAddress
+        do {
+            address = try Self.resolve(host: endpoint.host, port: endpoint.port)
+        } catch {
+            return eventLoop.makeFailedFuture(DataChannelError.connectFailed(endpoint: endpoint.description, reason: "cannot resolve \(endpoint.host)"))
+        }
+        let tls: NIOSSLContext?
+        if endpoint.usesTLS {
+            switch Self.tlsContext {
+            case .success(let context): tls = context
+            case .failure(let error):
+                return eventLoop.makeFailedFuture(DataChannelError.connectFailed(endpoint: endpoint.description, reason: "TLS set-up failed: \(error)"))
+            }
+        } else {
+            tls = nil
+        }
+        let serverName = (try? SocketAddress(ipAddress: endpoint.host, port: 0)) == nil ? endpoint.host : nil
+        let connected = ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                let upgrader = NIOWebSocketClientUpgrader(
+                    maxFrameSize: maximumFrameSize,
+                    automaticErrorHandling: true,
+                    upgradePipelineHandler: { channel, _ in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(
+                                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 256, maxAccumulatedFrameSize: maximumFrameSize))
+                            try configure(channel)
+                            upgraded.succeed(())
+                        }
+                    })
+                return channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                    }
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .forwardBytes,
+                        withClientUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                            context.pipeline.removeHandler(name: UpgradeRefusalDetector.name, promise: nil)
+                        }))
+                    try channel.pipeline.syncOperations.addHandler(UpgradeRefusalDetector(promise: upgraded), name: UpgradeRefusalDetector.name)
+                }
+            }
+            .connect(to: address)
+        return connected.flatMapError { error in
+            eventLoop.makeFailedFuture(DataChannelError.connectFailed(endpoint: endpoint.description, reason: Self.describe(error)))
+        }.flatMap { channel in
+            var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: endpoint.requestTarget)
+            head.headers.add(name: "Host", value: endpoint.hostHeader)
+            head.headers.add(name: "User-Agent", value: "ssmgate")
+            channel.write(HTTPClientRequestPart.head(head), promise: nil)
+            channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+            channel.closeFuture.whenComplete { _ in
+                upgraded.fail(DataChannelError.connectFailed(endpoint: endpoint.description, reason: "connection closed during the WebSocket upgrade"))
+            }
+            return upgraded.futureResult.map { channel }.flatMapError { error in
+                channel.close(promise: nil)
+                if let error = error as? DataChannelError { return eventLoop.makeFailedFuture(error) }
+                return eventLoop.makeFailedFuture(DataChannelError.connectFailed(endpoint: endpoint.description, reason: Self.describe(error)))
+            }
+        }
+    }
+
+    /// IP literals need no lookup; names are resolved here rather than on NIO's resolver, which
+    /// runs on Dispatch's global queue and can be starved by blocked work.
+    static func resolve(host: String, port: Int) throws -> SocketAddress {
+        if let literal = try? SocketAddress(ipAddress: host, port: port) { return literal }
+        return try SocketAddress.makeAddressResolvingHost(host, port: port)
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? NIOSSLError { return "TLS error: \(error)" }
+        if let error = error as? IOError { return error.description }
+        if error is ChannelError { return "\(error)" }
+        return String(describing: error)
+    }
+
+    /// Sees an ordinary HTTP response instead of a 101: the service refused the upgrade.
+    final class UpgradeRefusalDetector: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = HTTPClientResponsePart
+        static let name = "ssmgate-websocket-upgrade-refusal"
+        let promise: EventLoopPromise<Void>
+
+        init(promise: EventLoopPromise<Void>) { self.promise = promise }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .head(let head) = self.unwrapInboundIn(data) {
+                self.promise.fail(DataChannelError.connectFailed(
+                    endpoint: "the stream URL", reason: "the WebSocket upgrade was refused with HTTP \(head.status.code)"))
+                context.close(promise: nil)
+            }
+        }
+    }
+}

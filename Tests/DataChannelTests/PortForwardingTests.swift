@@ -1,0 +1,87 @@
+import DataChannel
+import Foundation
+import NIOCore
+import SSMProtocol
+import Sessions
+import Testing
+
+@testable import LocalSSM
+
+@Suite("Port forwarding over the client data channel, against the emulator", .serialized)
+struct PortForwardingTests {
+    @Test("Mux mode: concurrent connections through the local port arrive intact both ways")
+    func muxConcurrentConnections() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        try await withEmulator { emulator in
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)", "localPortNumber": "0"])
+            let notices = NoticeLog()
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, notices: notices)
+            let sizes = [8 << 20, 4 << 20, 1 << 20, 64 * 1024, 1, 0]
+            try await withThrowingTaskGroup(of: EchoResult.self) { group in
+                for (index, size) in sizes.enumerated() {
+                    group.addTask { try await echoThrough(port: handle.port, bytes: size, seed: UInt64(index + 7)) }
+                }
+                for try await result in group {
+                    #expect(result.received == result.sent)
+                    #expect(result.receivedSHA256 == result.sentSHA256)
+                }
+            }
+            #expect(notices.text.contains("Port \(handle.port) opened for sessionId \(session.sessionID)."))
+            #expect(notices.text.contains("Waiting for connections..."))
+            try await handle.terminate()
+            let ended = try await handle.ended.get()
+            #expect(ended == nil)
+        }
+    }
+
+    @Test("A WebSocket dropped by the service mid-transfer is resumed; 16 MiB arrive intact")
+    func resumeAfterDrop() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        try await withEmulator { emulator in
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)", "localPortNumber": "0"])
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, notices: NoticeLog())
+            let total = 16 << 20
+            let dropped = Mutex(false)
+            let result = try await echoThrough(port: handle.port, bytes: total, seed: 99) { received in
+                guard received > total / 3 else { return }
+                let first = dropped.withLock { was in
+                    defer { was = true }
+                    return !was
+                }
+                if first { _ = emulator.server.mgs.dropWebSocket(sessionID: session.sessionID, client: true) }
+            }
+            #expect(dropped.withLock { $0 })
+            #expect(result.received == total)
+            #expect(result.receivedSHA256 == result.sentSHA256)
+            let reconnects = try await handle.loop.submit { handle.forwarder.value.channelStatistics.reconnects }.get()
+            #expect(reconnects >= 1)
+            try await handle.terminate()
+            _ = try await handle.ended.get()
+        }
+    }
+
+    @Test("A refused destination port is reported, and the session keeps serving")
+    func refusedDestination() async throws {
+        try await withEmulator { emulator in
+            // A port with nothing listening: bind and close to find one.
+            let probe = try await EchoServer()
+            let port = probe.port
+            await probe.close()
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(port)", "localPortNumber": "0"])
+            let notices = NoticeLog()
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, notices: notices)
+            let result = try await echoThrough(port: handle.port, bytes: 1000, seed: 1)
+            #expect(result.received == 0)
+            #expect(notices.text.contains("Connection to destination port failed, check SSM Agent logs."))
+            try await handle.terminate()
+            _ = try await handle.ended.get()
+        }
+    }
+}
+
+import Synchronization
