@@ -49,8 +49,11 @@ public final class LocalPortForwarder: DataChannelDelegate {
     /// The data channel's counters (reconnects, retransmissions, bytes).
     public var channelStatistics: DataChannelStatistics { self.channel.statistics }
 
+    var terminating = false
+
     /// Ends the session the way the official client does on Ctrl-C: the TerminateSession flag.
     public func terminate() {
+        self.terminating = true
         self.listener?.close(promise: nil)
         if let mux = self.mux {
             mux.terminate()
@@ -128,6 +131,9 @@ public final class LocalPortForwarder: DataChannelDelegate {
     }
 
     func finish(_ error: DataChannelError?) {
+        var error = error
+        // After our TerminateSession flag, the service closing the channel is the expected end.
+        if self.terminating, case .closedByService? = error { error = nil }
         self.listener?.close(promise: nil)
         self.listener = nil
         self.listening.fail(error ?? DataChannelError.closed)

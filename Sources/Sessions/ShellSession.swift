@@ -19,6 +19,8 @@ public final class ShellSession: DataChannelDelegate {
     let notice: NoticeSink
     var pipe: (any Channel)?
     var pendingInput: ByteBuffer?
+    /// Output that arrived before stdout was set up (bounded by `dataChannelCanAcceptOutput`).
+    var earlyOutput = ByteBuffer()
     var started = false
     var terminal: RawTerminal?
     var signalSources: [any DispatchSourceSignal] = []
@@ -61,6 +63,10 @@ public final class ShellSession: DataChannelDelegate {
                 switch result {
                 case .success(let pipe):
                     session.pipe = pipe
+                    if session.earlyOutput.readableBytes > 0 {
+                        pipe.writeAndFlush(session.earlyOutput, promise: nil)
+                        session.earlyOutput = ByteBuffer()
+                    }
                     if session.started { pipe.read() }
                 case .failure(let error):
                     session.notice("Cannot use the terminal: \(error)\n")
@@ -140,7 +146,7 @@ public final class ShellSession: DataChannelDelegate {
     }
 
     public func dataChannelCanAcceptOutput(_ channel: DataChannel) -> Bool {
-        self.pipe?.isWritable ?? true
+        self.pipe?.isWritable ?? (self.earlyOutput.readableBytes < 1 << 20)
     }
 
     public func dataChannel(_ channel: DataChannel, didReceive payload: ByteBuffer, type: PayloadType) {
@@ -148,7 +154,9 @@ public final class ShellSession: DataChannelDelegate {
         case .output, .standardError:
             var output = payload
             if let code = self.exitMarker.scan(&output) { self.exitCode = code }
-            if output.readableBytes > 0 { self.pipe?.writeAndFlush(output, promise: nil) }
+            if output.readableBytes > 0 {
+                if let pipe = self.pipe { pipe.writeAndFlush(output, promise: nil) } else { self.earlyOutput.writeBuffer(&output) }
+            }
         case .exitCode:
             if let code = try? ExitCode(decoding: payload) { self.exitCode = code.value }
         default:

@@ -15,6 +15,8 @@ public final class StdioForwarder: DataChannelDelegate {
     var pipe: (any Channel)?
     var handler: StdioPipeHandler?
     var pendingInput: ByteBuffer?
+    /// Output that arrived before stdout was set up (bounded by `dataChannelCanAcceptOutput`).
+    var earlyOutput = ByteBuffer()
     var inputEnded = false
     /// Completes when the session ends (nil: ended by stdin EOF or by us).
     public let ended: EventLoopPromise<DataChannelError?>
@@ -49,6 +51,10 @@ public final class StdioForwarder: DataChannelDelegate {
                 switch result {
                 case .success(let pipe):
                     forwarder.pipe = pipe
+                    if forwarder.earlyOutput.readableBytes > 0 {
+                        pipe.writeAndFlush(forwarder.earlyOutput, promise: nil)
+                        forwarder.earlyOutput = ByteBuffer()
+                    }
                     if forwarder.started { pipe.read() }
                 case .failure(let error):
                     forwarder.notice("Cannot use standard input/output: \(error)\n")
@@ -95,13 +101,18 @@ public final class StdioForwarder: DataChannelDelegate {
     }
 
     public func dataChannelCanAcceptOutput(_ channel: DataChannel) -> Bool {
-        self.pipe?.isWritable ?? false
+        self.pipe?.isWritable ?? (self.earlyOutput.readableBytes < 1 << 20)
     }
 
     public func dataChannel(_ channel: DataChannel, didReceive payload: ByteBuffer, type: PayloadType) {
         switch type {
         case .output, .standardError:
-            self.pipe?.writeAndFlush(payload, promise: nil)
+            if let pipe = self.pipe {
+                pipe.writeAndFlush(payload, promise: nil)
+            } else {
+                var payload = payload
+                self.earlyOutput.writeBuffer(&payload)
+            }
         default:
             break
         }

@@ -28,6 +28,8 @@ struct PortForwardingTests {
                     #expect(result.receivedSHA256 == result.sentSHA256)
                 }
             }
+            let stats = try await handle.loop.submit { handle.forwarder.value.channelStatistics }.get()
+            print("statistics: \(stats)")
             #expect(notices.text.contains("Port \(handle.port) opened for sessionId \(session.sessionID)."))
             #expect(notices.text.contains("Waiting for connections..."))
             try await handle.terminate()
