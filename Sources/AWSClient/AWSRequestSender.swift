@@ -96,6 +96,7 @@ struct AWSRequestSender: Sendable {
         errorFormat: ErrorFormat, resource: String?
     ) async throws -> Response {
         var attempt = 1
+        var renewedExpiredCredentials = false
         while true {
             var secrets: [String] = []
             do {
@@ -105,6 +106,12 @@ struct AWSRequestSender: Sendable {
                 var error = self.serviceError(from: response, operation: operation, format: errorFormat, resource: resource)
                     .redacting(secrets)
                 error.attempts = attempt
+                if AWSServiceError.expiredCodes.contains(error.code), let provider = self.credentials, !renewedExpiredCredentials {
+                    // Expired under us (clock skew, revoked session): one more try with freshly fetched credentials.
+                    provider.invalidateCredentials()
+                    renewedExpiredCredentials = true
+                    continue
+                }
                 guard error.isRetryable, attempt < self.retry.maximumAttempts else { throw error }
             } catch let error as AWSServiceError {
                 throw error

@@ -55,7 +55,7 @@ public final class CredentialChain: AWSCredentialProvider {
     }
 
     /// Forgets the cached credentials, so the next call fetches new ones (after AWS said they expired).
-    public func invalidate() {
+    public func invalidateCredentials() {
         self.state.withLock {
             $0.cached = nil
             $0.fetchedAt = nil

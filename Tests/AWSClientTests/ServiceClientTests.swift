@@ -199,6 +199,33 @@ func emulatorConfiguration(_ home: TemporaryHome, endpoint: String, secret: Stri
         }
     }
 
+    @Test func expiredCredentialsAreFetchedAgainOnce() async throws {
+        let fetches = Counter()
+        let chain = CredentialChain(sources: [
+            ClosureCredentialSource("rotating") {
+                let n = fetches.increment()
+                return AWSCredentials(accessKeyID: "ASIA\(n)", secretAccessKey: "s", expiration: Date().addingTimeInterval(3600))
+            }
+        ])
+        try await FakeHTTPServer.with({ request in
+            // The first key has been revoked on the service side although it has not reached its expiry.
+            if request.header("Authorization")?.contains("Credential=ASIA1/") == true {
+                return .json(["__type": "ExpiredTokenException", "message": "The security token included in the request is expired"], status: 400)
+            }
+            return .json(["SessionId": "s-1"])
+        }) { server in
+            try await withHome { home in
+                let config = try configuration(home, [:], endpointURL: server.baseURL)
+                try await withHTTPClient { client in
+                    let ssm = SSMClient(configuration: config, credentials: chain, httpClient: client)
+                    try await ssm.terminateSession(sessionID: "s-1")
+                    #expect(fetches.count == 2)
+                    #expect(server.requests.count == 2)
+                }
+            }
+        }
+    }
+
     @Test func accessDeniedNamesActionAndTarget() {
         let error = AWSServiceError(
             service: "ssm", operation: "StartSession", code: "AccessDeniedException",
