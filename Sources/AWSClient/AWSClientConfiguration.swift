@@ -29,6 +29,21 @@ public struct AWSClientConfiguration: Sendable {
     /// The profile whose settings apply.
     public var effectiveProfile: String { self.profile ?? "default" }
 
+    /// A configuration with explicit endpoints and no profile or environment behind it: for the embedded
+    /// emulator (`serve --local`) and tests, where nothing should be read from `~/.aws`. A ``CredentialChain``
+    /// built from it finds nothing, so pass credentials explicitly (``StaticCredentialProvider``).
+    public init(region: String, endpoints: AWSServiceEndpoints? = nil, retry: AWSRetryPolicy = AWSRetryPolicy()) {
+        self.region = region
+        self.profile = nil
+        self.endpointOverride = nil
+        self.endpoints = endpoints ?? .defaults(region: region)
+        self.retry = retry
+        self.profileIsExplicit = false
+        self.environment = ["AWS_EC2_METADATA_DISABLED": "true"]
+        self.homeDirectory = "/nonexistent"
+        self.sharedConfig = SharedConfig(configFile: "(none)", credentialsFile: "(none)")
+    }
+
     /// Resolves region, profile and endpoints.
     ///
     /// - Parameters:
@@ -67,11 +82,15 @@ public struct AWSClientConfiguration: Sendable {
         let endpoints = try AWSServiceEndpoints.resolve(
             region: resolvedRegion, ssmOverride: override, environment: environment, profile: settings,
             profileName: profileName ?? "default", shared: shared)
-        return AWSClientConfiguration(
-            region: resolvedRegion, profile: profileName, endpointOverride: override, endpoints: endpoints,
-            retry: AWSRetryPolicy.resolve(environment: environment, profile: settings),
-            profileIsExplicit: explicitProfile != nil, environment: environment, homeDirectory: homeDirectory,
-            sharedConfig: shared)
+        var configuration = AWSClientConfiguration(
+            region: resolvedRegion, endpoints: endpoints, retry: AWSRetryPolicy.resolve(environment: environment, profile: settings))
+        configuration.profile = profileName
+        configuration.endpointOverride = override
+        configuration.profileIsExplicit = explicitProfile != nil
+        configuration.environment = environment
+        configuration.homeDirectory = homeDirectory
+        configuration.sharedConfig = shared
+        return configuration
     }
 }
 

@@ -90,6 +90,23 @@ func emulatorConfiguration(_ home: TemporaryHome, endpoint: String, secret: Stri
         }
     }
 
+    @Test func explicitConfigurationForTheEmbeddedEmulator() async throws {
+        try await withEmulator { emulator in
+            let url = URL(string: emulator.server.endpointURL)!
+            let config = AWSClientConfiguration(
+                region: "us-east-1", endpoints: AWSServiceEndpoints(ssm: url, ec2: url, kms: url, sts: url, sso: url))
+            try await withHTTPClient { client in
+                let credentials = StaticCredentialProvider(AWSCredentials(accessKeyID: "test", secretAccessKey: "test"))
+                let ssm = SSMClient(configuration: config, credentials: credentials, httpClient: client)
+                let list = try await ssm.describeInstanceInformation(filters: [(key: "InstanceIds", values: [LocalSSMConfiguration.defaultInstanceID])])
+                #expect(list.map(\.instanceID) == [LocalSSMConfiguration.defaultInstanceID])
+                await #expect(throws: AWSConfigurationError.self) {
+                    try await CredentialChain(configuration: config, httpClient: client).credentials()
+                }
+            }
+        }
+    }
+
     @Test func wrongSecretIsRejectedWithoutShowingIt() async throws {
         try await withEmulator { emulator in
             try await withHome { home in
