@@ -368,7 +368,8 @@ public final class DataChannel {
         self.dial(renewing: true, attempt: 0)
     }
 
-    func fail(_ error: DataChannelError) {
+    /// Ends the channel with an error (a consumer's local failure, for example).
+    public func fail(_ error: DataChannelError) {
         self.finish(error)
     }
 

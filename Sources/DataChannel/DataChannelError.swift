@@ -14,6 +14,8 @@ public enum DataChannelError: Error, Sendable, Hashable, CustomStringConvertible
     case handshakeFailed(String)
     /// The session was closed by the service or the agent (`channel_closed`).
     case closedByService(output: String)
+    /// Something on this machine failed (a terminal, a pipe, a listener).
+    case local(String)
     case closed
 
     public var description: String {
@@ -32,6 +34,8 @@ public enum DataChannelError: Error, Sendable, Hashable, CustomStringConvertible
             "Session handshake failed: \(why)."
         case .closedByService(let output):
             output.isEmpty ? "The session was closed by the service." : "The session was closed by the service: \(output)"
+        case .local(let why):
+            why
         case .closed:
             "The data channel is closed."
         }

@@ -42,7 +42,8 @@ public final class ShellSession: DataChannelDelegate {
     /// agent does not report it for pty sessions, so the command prints a marker this session
     /// removes from the output.
     public static func wrapCommand(_ command: String) -> String {
-        "\(command)\nprintf '\(ExitMarkerScanner.printfPrefix)%d\(ExitMarkerScanner.printfSuffix)' \"$?\""
+        // A subshell, so that an `exit` in the command still reaches the printf.
+        "(\n\(command)\n)\nprintf '\(ExitMarkerScanner.printfPrefix)%d\(ExitMarkerScanner.printfSuffix)' \"$?\""
     }
 
     /// Takes over stdin/stdout (raw mode when stdin is a terminal). Call before connecting.
@@ -57,7 +58,7 @@ public final class ShellSession: DataChannelDelegate {
                     try pipe.pipeline.syncOperations.addHandler(ShellInputHandler(session: bound.value))
                 }
             }
-            .takingOwnershipOfDescriptors(input: dup(input), output: dup(output))
+            .takingOwnershipOfDescriptors(input: StandardStreams.readable(input), output: StandardStreams.writable(output))
             .assumeIsolated().whenComplete { result in
                 let session = bound.value
                 switch result {
@@ -69,8 +70,7 @@ public final class ShellSession: DataChannelDelegate {
                     }
                     if session.started { pipe.read() }
                 case .failure(let error):
-                    session.notice("Cannot use the terminal: \(error)\n")
-                    session.channel.close()
+                    session.channel.fail(.local("Cannot use the terminal: \(error)"))
                 }
             }
         self.installSignals()

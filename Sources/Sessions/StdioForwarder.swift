@@ -45,7 +45,7 @@ public final class StdioForwarder: DataChannelDelegate {
                     try pipe.pipeline.syncOperations.addHandler(handler)
                 }
             }
-            .takingOwnershipOfDescriptors(input: input, output: output)
+            .takingOwnershipOfDescriptors(input: StandardStreams.readable(input), output: StandardStreams.writable(output))
             .assumeIsolated().whenComplete { result in
                 let forwarder = bound.value
                 switch result {
@@ -57,8 +57,7 @@ public final class StdioForwarder: DataChannelDelegate {
                     }
                     if forwarder.started { pipe.read() }
                 case .failure(let error):
-                    forwarder.notice("Cannot use standard input/output: \(error)\n")
-                    forwarder.channel.close()
+                    forwarder.channel.fail(.local("Cannot use standard input/output: \(error)"))
                 }
             }
     }
