@@ -12,6 +12,10 @@ struct AgentTask: Sendable {
     var properties: JSONValue
     var instance: LocalSSMConfiguration.Instance
     var limits: LimitsProfile
+    /// Refused ports (fault injection) are looked up here when dialing.
+    var faults: FaultInjector
+    /// The agent run this task belongs to: a killed agent's sessions never reconnect or report.
+    var epoch: Int
 }
 
 /// One session's data channel on the agent side, loop-confined to its WebSocket's event loop:
@@ -40,8 +44,13 @@ final class AgentSessionHandler: ChannelInboundHandler {
     }
 
     let task: AgentTask
-    let token: String
+    /// The token of the current WebSocket (a reconnect brings a new one).
+    var token: String
     let onEnd: @Sendable (_ sessionID: String, _ failure: String?) -> Void
+    /// The WebSocket went away with the session still running: reconnect, as the agent does (reference 2.5).
+    let onDisconnect: @Sendable (_ handler: NIOLoopBound<AgentSessionHandler>, _ loop: any EventLoop) -> Void
+    /// Set once the first OpenDataChannel went out: later WebSockets resume instead of starting over.
+    var opened = false
     var reliable = ReliableStream(configuration: .agent)
     var phase = Phase.handshaking
     var plugin = Plugin.none
@@ -49,6 +58,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
     var handshakeStarted: UInt64 = 0
     var paused = false
     var context: ChannelHandlerContext?
+    /// The session's loop: its WebSockets and destinations all live on it, also while disconnected.
+    var loop: (any EventLoop)?
     var retransmitTask: Scheduled<Void>?
     var pumpScheduled = false
     var handshakeTimeout: Scheduled<Void>?
@@ -63,10 +74,14 @@ final class AgentSessionHandler: ChannelInboundHandler {
     /// Pacing (aws limits): bytes, charged per message at the full read size.
     var pacing: TokenBucket?
 
-    init(task: AgentTask, token: String, onEnd: @escaping @Sendable (String, String?) -> Void) {
+    init(
+        task: AgentTask, token: String, onEnd: @escaping @Sendable (String, String?) -> Void,
+        onDisconnect: @escaping @Sendable (NIOLoopBound<AgentSessionHandler>, any EventLoop) -> Void
+    ) {
         self.task = task
         self.token = token
         self.onEnd = onEnd
+        self.onDisconnect = onDisconnect
         self.pacing = task.limits.agentBytesPerSecond.map { TokenBucket(rate: Double($0), capacity: Double($0) / 10) }
     }
 
@@ -78,13 +93,24 @@ final class AgentSessionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { self.begin(context: context) }
+        self.loop = context.eventLoop
+        guard context.channel.isActive else { return }
+        if self.opened {
+            self.resume(context: context)
+        } else {
+            self.opened = true
+            self.begin(context: context)
+        }
     }
 
-    func begin(context: ChannelHandlerContext) {
+    func writeOpenDataChannel(context: ChannelHandlerContext) {
         let open = OpenDataChannelInput(
             requestID: UUID().uuidString.lowercased(), tokenValue: self.token, role: .agent(instanceID: self.task.instance.id))
         context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: open.encoded())), promise: nil)
+    }
+
+    func begin(context: ChannelHandlerContext) {
+        self.writeOpenDataChannel(context: context)
         let state = AgentSessionState(sessionState: AgentSessionState.connected, sessionID: self.task.sessionID)
         self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
         context.flush()
@@ -108,13 +134,35 @@ final class AgentSessionHandler: ChannelInboundHandler {
         }
     }
 
+    /// A new WebSocket after a drop: sequence state is kept; `Pause` is cleared, as the agent does, and
+    /// what is still unacknowledged goes again at once (the real agent leaves that to its resend
+    /// timer, one message per RTO; here the whole window goes, so a drop costs one round trip).
+    func resume(context: ChannelHandlerContext) {
+        self.writeOpenDataChannel(context: context)
+        self.paused = false
+        for frame in self.reliable.unacknowledgedFrames {
+            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+        }
+        context.flush()
+        self.scheduleRetransmission()
+        self.pump()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        self.end(failure: nil)
-        context.fireChannelInactive()
+        defer { context.fireChannelInactive() }
+        guard self.phase != .ended else { return }
+        // Lost the WebSocket, not the session: stop reading destinations until a new one is up.
+        self.context = nil
+        self.retransmitTask?.cancel()
+        self.retransmitTask = nil
+        for destination in self.destinations.values { destination.setReading(false) }
+        if case .terminal(let terminal) = self.plugin { terminal.pauseReading() }
+        self.onDisconnect(NIOLoopBound(self, eventLoop: context.eventLoop), context.eventLoop)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.end(failure: "data channel error: \(error)")
+        // A read error is a lost connection to the agent: it reconnects (channelInactive follows).
+        context.close(promise: nil)
     }
 
     // MARK: Shell and commands
@@ -160,19 +208,19 @@ final class AgentSessionHandler: ChannelInboundHandler {
     /// has been sent and acknowledged; then (shells) report Terminating, and close.
     func drainThenEnd(reportTerminating: Bool) {
         self.pump()
-        guard let context = self.context else { return }
+        guard let loop = self.loop else { return }
         let deadline = NIODeadline.now() + .seconds(2)
         func check() {
             guard self.phase != .ended else { return }
             if (!self.hasPendingOutput && self.reliable.unacknowledgedCount == 0) || NIODeadline.now() > deadline {
-                if reportTerminating {
+                if reportTerminating, let context = self.context {
                     let state = AgentSessionState(sessionState: AgentSessionState.terminating, sessionID: self.task.sessionID)
                     self.writeControl(.agentSessionState, payload: state.encoded(), context: context)
                     context.flush()
                 }
                 self.end(failure: nil)
             } else {
-                context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { check() }
+                loop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { check() }
             }
         }
         check()
@@ -200,7 +248,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
             context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
             return
         case .connectionClose:
-            self.end(failure: nil)
+            context.close(promise: nil)  // the service closed the socket: reconnect
             return
         case .binary, .text:
             break
@@ -349,6 +397,13 @@ final class AgentSessionHandler: ChannelInboundHandler {
         guard let context = self.context else { return }
         let handler = DestinationHandler(session: self, stream: stream)
         self.destinations[stream] = handler
+        if self.task.faults.refuses(port: self.destinationPort, sessionID: self.task.sessionID) {
+            // Fault injection: the dial fails as a closed port makes it fail, a moment later.
+            context.eventLoop.assumeIsolated().execute {
+                self.destinationFailed(stream, error: IOError(errnoCode: ECONNREFUSED, reason: "connect"))
+            }
+            return
+        }
         let address: SocketAddress
         do {
             address = try SocketAddress.resolvedWithoutDispatch(host: self.destinationHost, port: self.destinationPort)
@@ -541,13 +596,15 @@ final class AgentSessionHandler: ChannelInboundHandler {
         self.pacing = pacing
     }
 
+    /// Numbers and records a stream message, and writes it unless paused or disconnected (then
+    /// it goes with the resend after the reconnect).
     func sendStream(_ type: PayloadType, _ payload: ByteBuffer, flush: Bool = true) {
-        guard let context = self.context,
+        guard
             let frame = try? self.reliable.send(
                 .outputStreamData, payloadType: type, payload: payload, messageID: .random(),
-                createdDate: MGS.nowMilliseconds(), now: Self.now(), allocator: context.channel.allocator)
+                createdDate: MGS.nowMilliseconds(), now: Self.now(), allocator: self.context?.channel.allocator ?? ByteBufferAllocator())
         else { return }
-        if !self.paused {
+        if let context = self.context, !self.paused {
             context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
             if flush { context.flush() }
         }

@@ -17,6 +17,7 @@ public final class AgentSimulator: Sendable {
     let region: String
     let signer: SigV4Signer
     let limits: LimitsProfile
+    let faults: FaultInjector
     let group: any EventLoopGroup
     private let state = Mutex<State>(State())
 
@@ -25,11 +26,18 @@ public final class AgentSimulator: Sendable {
         var runner: Task<Void, Never>?
         var stopped = false
         var sessions: [String: any Channel] = [:]
+        /// One per run of the agent: a stopped (killed) run's sessions neither reconnect nor report.
+        var epoch = 0
     }
+
+    /// The data channel's reconnect retryer (reference 2.5 and 11.2): first delay 100–199 ms, doubled
+    /// up to 5 s, and the agent gives up after this many failed retries.
+    static let dataChannelRetries = 5
 
     public init(
         instance: LocalSSMConfiguration.Instance, host: String, port: Int, region: String, credentials: AWSCredentials,
-        limits: LimitsProfile, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        limits: LimitsProfile, faults: FaultInjector = FaultInjector(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         self.instance = instance
         self.host = host
@@ -37,11 +45,14 @@ public final class AgentSimulator: Sendable {
         self.region = region
         self.signer = SigV4Signer(credentials: credentials, region: region, service: "ssmmessages")
         self.limits = limits
+        self.faults = faults
         self.group = group
     }
 
-    /// Connects (and keeps reconnecting, with the agent's backoff) until `stop()`.
+    /// Connects (and keeps reconnecting, with the agent's backoff) until `stop()`; after a `stop()`
+    /// this is a restart: a new agent process, which knows nothing of the old one's sessions.
     public func start() {
+        self.state.withLock { $0.stopped = false }
         let runner = Task { await self.run() }
         self.state.withLock { $0.runner = runner }
     }
@@ -60,7 +71,11 @@ public final class AgentSimulator: Sendable {
             ("TokenValue", .string(token)), ("AgentVersion", .string(self.instance.agentVersion)), ("PlatformType", .string("linux")),
         ])
         try await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: open.encoded))
-        self.state.withLock { $0.controlChannel = channel }
+        let current = self.state.withLock { state in
+            if !state.stopped { state.controlChannel = channel }
+            return !state.stopped
+        }
+        if !current { try? await channel.close() }
     }
 
     func run() async {
@@ -80,9 +95,16 @@ public final class AgentSimulator: Sendable {
         }
     }
 
+    /// Stops the agent as a kill does: every connection closes, nothing is reported or reconnected.
     public func stop() async {
         let (channel, runner, sessions) = self.state.withLock { state in
             state.stopped = true
+            state.epoch += 1
+            defer {
+                state.controlChannel = nil
+                state.sessions = [:]
+                state.runner = nil
+            }
             return (state.controlChannel, state.runner, Array(state.sessions.values))
         }
         for session in sessions { try? await session.close() }
@@ -91,11 +113,18 @@ public final class AgentSimulator: Sendable {
         await runner?.value
     }
 
-    /// Kills the agent's connections (fault injection): it reconnects by itself, as a restarted agent does.
+    /// Closes the agent's connections as a network failure would: it reconnects by itself.
     public func dropConnections() async {
         let (channel, sessions) = self.state.withLock { ($0.controlChannel, Array($0.sessions.values)) }
         for session in sessions { try? await session.close() }
         try? await channel?.close()
+    }
+
+    /// Sessions this agent runs now.
+    var sessionIDs: [String] { self.state.withLock { Array($0.sessions.keys) } }
+
+    func isCurrent(_ epoch: Int) -> Bool {
+        self.state.withLock { !$0.stopped && $0.epoch == epoch }
     }
 
     func signedHeaders(method: String, uri: String, body: [UInt8]) -> [(String, String)] {
@@ -127,9 +156,12 @@ public final class AgentSimulator: Sendable {
         else { return }
         let task = AgentTask(
             sessionID: sessionID, sessionType: sessionType, properties: content["DocumentContent"]?["properties"] ?? .null,
-            instance: self.instance, limits: self.limits)
+            instance: self.instance, limits: self.limits, faults: self.faults, epoch: self.state.withLock { $0.epoch })
         Task {
             do {
+                // The real agent starts a session-worker process before it opens the data channel.
+                let delay = self.limits.agentStartDelayMilliseconds
+                if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
                 try await self.openDataChannel(task)
             } catch {
                 self.reportCompletion(sessionID: sessionID, failure: "cannot open the data channel: \(error)")
@@ -138,24 +170,75 @@ public final class AgentSimulator: Sendable {
     }
 
     func openDataChannel(_ task: AgentTask) async throws {
+        try await self.dialDataChannel(task, loop: self.group.next()) { token, channel in
+            let handler = AgentSessionHandler(
+                task: task, token: token,
+                onEnd: { [weak self] sessionID, failure in self?.sessionEnded(sessionID, failure: failure, epoch: task.epoch) },
+                onDisconnect: { [weak self] handler, loop in self?.reconnect(handler, task: task, loop: loop) })
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }
+    }
+
+    /// CreateDataChannel (a new token), then the WebSocket; `attach` adds the session's handler on the channel's loop.
+    func dialDataChannel(
+        _ task: AgentTask, loop: any EventLoopGroup, attach: @escaping @Sendable (_ token: String, any Channel) throws -> Void
+    ) async throws {
         let path = "/v1/data-channel/\(task.sessionID)"
         let token = try await self.createToken(
             path: path, body: #"{"MessageSchemaVersion":"1.0","RequestId":"\#(UUID().uuidString.lowercased())","ClientId":""}"#)
         let uri = "\(path)?role=publish_subscribe"
         let channel = try await LoopbackClient.connectWebSocket(
-            group: self.group, host: self.host, port: self.port, uri: uri, headers: self.signedHeaders(method: "GET", uri: uri, body: [])
+            group: loop, host: self.host, port: self.port, uri: uri, headers: self.signedHeaders(method: "GET", uri: uri, body: [])
         ) { channel in
-            let handler = AgentSessionHandler(task: task, token: token) { [weak self] sessionID, failure in
-                self?.sessionEnded(sessionID, failure: failure)
-            }
-            try channel.pipeline.syncOperations.addHandler(handler)
+            try attach(token, channel)
         }
-        self.state.withLock { $0.sessions[task.sessionID] = channel }
+        let current = self.state.withLock { state in
+            if !state.stopped, state.epoch == task.epoch { state.sessions[task.sessionID] = channel }
+            return !state.stopped && state.epoch == task.epoch
+        }
+        if !current { channel.close(promise: nil) }
     }
 
-    func sessionEnded(_ sessionID: String, failure: String?) {
-        _ = self.state.withLock { $0.sessions.removeValue(forKey: sessionID) }
-        self.reportCompletion(sessionID: sessionID, failure: failure)
+    /// The data channel's WebSocket dropped with the session running: a new token, a new WebSocket, the
+    /// same handler (so the same sequence state), with the agent's retryer. Gives up like the agent:
+    /// after the retries, or at once when MGS says the session is over; the session then fails.
+    func reconnect(_ handler: NIOLoopBound<AgentSessionHandler>, task: AgentTask, loop: any EventLoop) {
+        Task {
+            var delay = Duration.milliseconds(Int.random(in: 100...199))
+            var failures = 0
+            var failure: String?
+            while self.isCurrent(task.epoch) {
+                do {
+                    // On the handler's own loop: its destinations live there.
+                    try await self.dialDataChannel(task, loop: loop) { token, channel in
+                        handler.value.token = token
+                        try channel.pipeline.syncOperations.addHandler(handler.value)
+                    }
+                    return
+                } catch {
+                    let terminated = "\(error)".contains("Session is already terminated")
+                    failures += 1
+                    guard !terminated, failures <= Self.dataChannelRetries else {
+                        failure = terminated ? nil : "the data channel could not be reopened: \(error)"
+                        break
+                    }
+                    try? await Task.sleep(for: delay)  // the retryer's backoff
+                    delay = min(delay * 2, .seconds(5))
+                }
+            }
+            // A killed agent's session just stops; one that gave up fails.
+            let reason = failure
+            loop.execute { handler.value.end(failure: reason) }
+        }
+    }
+
+    func sessionEnded(_ sessionID: String, failure: String?, epoch: Int) {
+        let current = self.state.withLock { state in
+            guard state.epoch == epoch else { return false }
+            state.sessions.removeValue(forKey: sessionID)
+            return true
+        }
+        if current { self.reportCompletion(sessionID: sessionID, failure: failure) }
     }
 
     /// `agent_task_complete` on the control channel: how the service learns the session's outcome.
@@ -214,9 +297,31 @@ extension AgentControlHandler: Sendable {}
 public final class LocalEmulator: Sendable {
     public let server: LocalSSMServer
     private let agents = Mutex<[AgentSimulator]>([])
+    /// Set by `stop()`: a killed agent's pending restart must not bring it back after that.
+    private let stopped = Atomic<Bool>(false)
 
     public init(configuration: LocalSSMConfiguration) {
         self.server = LocalSSMServer(configuration: configuration)
+        self.server.agentKiller.withLock { killer in
+            killer = { [weak self] instanceID, restartAfter in
+                await self?.killAgent(instanceID, restartAfter: restartAfter) ?? false
+            }
+        }
+    }
+
+    /// Fault injection: kills an instance's agent (its control channel and every data channel close at
+    /// once, nothing is reported) and, after `restartAfter`, starts a fresh one. MGS ends the old
+    /// agent's sessions when the new one connects.
+    public func killAgent(_ instanceID: String, restartAfter: TimeAmount?) async -> Bool {
+        guard let agent = self.agent(for: instanceID) else { return false }
+        await agent.stop()
+        if let restartAfter {
+            MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: restartAfter) { [weak self] in
+                guard let self, !self.stopped.load(ordering: .relaxed) else { return }
+                agent.start()
+            }
+        }
+        return true
     }
 
     public var configuration: LocalSSMConfiguration { self.server.configuration }
@@ -232,7 +337,7 @@ public final class LocalEmulator: Sendable {
         for instance in configuration.instances where instance.pingStatus == .online {
             let agent = AgentSimulator(
                 instance: instance, host: host, port: self.server.port, region: configuration.region,
-                credentials: credentials, limits: configuration.limits)
+                credentials: credentials, limits: configuration.limits, faults: self.server.mgs.faults)
             agent.start()
             started.append(agent)
         }
@@ -250,6 +355,7 @@ public final class LocalEmulator: Sendable {
     }
 
     public func stop() async {
+        self.stopped.store(true, ordering: .relaxed)
         for agent in self.agents.withLock({ $0 }) { await agent.stop() }
         await self.server.stop()
     }

@@ -14,6 +14,10 @@ public struct LocalSSMConfiguration: Sendable, Equatable {
     public var credentials: [Credential]
     public var instances: [Instance]
     public var limits: LimitsProfile
+    /// The file's own limit figures, already applied to `limits`; kept so `--limits` can re-apply them.
+    public var limitsOverrides = LimitsOverrides()
+    /// Faults in force from the start; the admin endpoint changes them at run time.
+    public var faults = FaultConfiguration()
 
     public struct Credential: Sendable, Equatable {
         public var accessKeyID: String
@@ -77,7 +81,7 @@ public struct LocalSSMConfiguration: Sendable, Equatable {
         listenHost: String = "127.0.0.1", listenPort: Int = 4587, region: String = "us-east-1", accountID: String = "111122223333",
         credentials: [Credential] = [Credential(accessKeyID: "test", secretAccessKey: "test")],
         instances: [Instance] = [Instance(id: LocalSSMConfiguration.defaultInstanceID, tags: ["Name": "local"])],
-        limits: LimitsProfile = .aws
+        limits: LimitsProfile = .aws, faults: FaultConfiguration = FaultConfiguration()
     ) {
         self.listenHost = listenHost
         self.listenPort = listenPort
@@ -86,6 +90,7 @@ public struct LocalSSMConfiguration: Sendable, Equatable {
         self.credentials = credentials
         self.instances = instances
         self.limits = limits
+        self.faults = faults
     }
 
     public func instance(_ id: String) -> Instance? { self.instances.first { $0.id == id } }
@@ -124,7 +129,7 @@ extension LocalSSMConfiguration {
         guard let root else { return config }
         let reader = YAMLReader(file: file)
         let top = try reader.mapping(root, key: "")
-        try reader.allowOnly(["listen", "region", "account", "credentials", "instances", "limits"], in: top, key: "")
+        try reader.allowOnly(["listen", "region", "account", "credentials", "instances", "limits", "faults"], in: top, key: "")
         if let listen = top["listen"] {
             let value = try reader.string(listen, key: "listen")
             guard let (host, port) = parseHostPort(value) else {
@@ -136,11 +141,10 @@ extension LocalSSMConfiguration {
         if let region = top["region"] { config.region = try reader.string(region, key: "region") }
         if let account = top["account"] { config.accountID = try reader.string(account, key: "account") }
         if let limits = top["limits"] {
-            let value = try reader.string(limits, key: "limits")
-            guard let profile = LimitsProfile(named: value) else {
-                throw reader.error("limits", limits, "is '\(value)'; expected aws or unlimited")
-            }
-            config.limits = profile
+            (config.limits, config.limitsOverrides) = try Self.readLimits(limits, reader: reader)
+        }
+        if let faults = top["faults"] {
+            config.faults = try FaultConfiguration.read(faults, key: "faults", reader: reader)
         }
         if let credentials = top["credentials"] {
             config.credentials = []
@@ -186,11 +190,7 @@ extension LocalSSMConfiguration {
                 if let value = entry["localhost"] { instance.localhostAddress = try reader.string(value, key: "\(key).localhost") }
                 if let value = entry["ipAddress"] { instance.ipAddress = try reader.string(value, key: "\(key).ipAddress") }
                 if let value = entry["pingStatus"] {
-                    let text = try reader.string(value, key: "\(key).pingStatus")
-                    guard let status = Instance.PingStatus(rawValue: text) else {
-                        throw reader.error("\(key).pingStatus", value, "is '\(text)'; expected Online, ConnectionLost or Inactive")
-                    }
-                    instance.pingStatus = status
+                    instance.pingStatus = try reader.choice(value, key: "\(key).pingStatus", as: Instance.PingStatus.self)
                 }
                 guard !config.instances.contains(where: { $0.id == id }) else {
                     throw reader.error("\(key).id", entry["id"]!, "'\(id)' is listed twice")
@@ -199,6 +199,44 @@ extension LocalSSMConfiguration {
             }
         }
         return config
+    }
+}
+
+extension LocalSSMConfiguration {
+    /// `limits: aws`, or a mapping: `profile` and the figures to set over it.
+    static func readLimits(_ node: Node, reader: YAMLReader) throws(ConfigurationError) -> (LimitsProfile, LimitsOverrides) {
+        func profile(_ node: Node, key: String) throws(ConfigurationError) -> LimitsProfile {
+            let value = try reader.string(node, key: key)
+            guard let profile = LimitsProfile(named: value) else { throw reader.error(key, node, "is '\(value)'; expected aws or unlimited") }
+            return profile
+        }
+        if case .scalar = node { return (try profile(node, key: "limits"), LimitsOverrides()) }
+        let entries = try reader.mapping(node, key: "limits")
+        try reader.allowOnly(
+            ["profile", "idleTimeoutSeconds", "webSocketLifetimeSeconds", "startSessionDelayMs", "webSocketOpenDelayMs", "agentStartDelayMs"],
+            in: entries, key: "limits")
+        var overrides = LimitsOverrides()
+        if let value = entries["idleTimeoutSeconds"] {
+            overrides.idleTimeoutSeconds = try reader.integer(value, key: "limits.idleTimeoutSeconds", in: 1...86_400)
+        }
+        if let value = entries["webSocketLifetimeSeconds"] {
+            if case .scalar(let scalar) = value, scalar.string == "never" {
+                overrides.webSocketLifetimeSeconds = .some(nil)
+            } else {
+                overrides.webSocketLifetimeSeconds = try reader.integer(value, key: "limits.webSocketLifetimeSeconds", in: 1...86_400)
+            }
+        }
+        if let value = entries["startSessionDelayMs"] {
+            overrides.startSessionDelayMilliseconds = try reader.integer(value, key: "limits.startSessionDelayMs", in: 0...60_000)
+        }
+        if let value = entries["webSocketOpenDelayMs"] {
+            overrides.webSocketOpenDelayMilliseconds = try reader.integer(value, key: "limits.webSocketOpenDelayMs", in: 0...60_000)
+        }
+        if let value = entries["agentStartDelayMs"] {
+            overrides.agentStartDelayMilliseconds = try reader.integer(value, key: "limits.agentStartDelayMs", in: 0...60_000)
+        }
+        let base = try entries["profile"].map { node throws(ConfigurationError) in try profile(node, key: "limits.profile") } ?? .aws
+        return (base.applying(overrides), overrides)
     }
 }
 
@@ -238,6 +276,41 @@ struct YAMLReader {
     func string(_ node: Node, key: String) throws(ConfigurationError) -> String {
         guard case .scalar(let scalar) = node else { throw self.error(key, node, "expected a single value") }
         return scalar.string
+    }
+
+    /// `null`, `~` or nothing: "not set" (JSON bodies of the admin endpoint use `null`).
+    func isNull(_ node: Node) -> Bool {
+        guard case .scalar(let scalar) = node else { return false }
+        return ["null", "~", ""].contains(scalar.string)
+    }
+
+    /// One of an enumeration's raw values; the error lists them all.
+    func choice<T: RawRepresentable & CaseIterable>(_ node: Node, key: String, as: T.Type) throws(ConfigurationError) -> T
+    where T.RawValue == String {
+        let text = try self.string(node, key: key)
+        guard let value = T(rawValue: text) else {
+            let names = T.allCases.map(\.rawValue)
+            let list = names.count > 1 ? names.dropLast().joined(separator: ", ") + " or " + names.last! : names.joined()
+            throw self.error(key, node, "is '\(text)'; expected \(list)")
+        }
+        return value
+    }
+
+    func integer(_ node: Node, key: String, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        let text = try self.string(node, key: key)
+        guard let value = Int(text), range.contains(value) else {
+            throw self.error(key, node, "is '\(text)'; expected a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    /// A fraction of frames: 0 to 1 (`0.01` is one frame in a hundred).
+    func fraction(_ node: Node, key: String) throws(ConfigurationError) -> Double {
+        let text = try self.string(node, key: key)
+        guard let value = Double(text), value >= 0, value <= 1 else {
+            throw self.error(key, node, "is '\(text)'; expected a fraction from 0 to 1, e.g. 0.01")
+        }
+        return value
     }
 
     func requiredString(_ mapping: [(String, Node)], _ name: String, in key: String) throws(ConfigurationError) -> String {

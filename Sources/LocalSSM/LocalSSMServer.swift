@@ -16,11 +16,13 @@ public final class LocalSSMServer: Sendable {
     let verifier: SigV4Verifier
     private let boundChannel = Mutex<(any Channel)?>(nil)
     private let boundPort = Mutex<Int?>(nil)
+    /// Kills an instance's agent and restarts it after a delay (nil: not); set by ``LocalEmulator``.
+    let agentKiller = Mutex<(@Sendable (_ instanceID: String, _ restartAfter: TimeAmount?) async -> Bool)?>(nil)
 
     public init(configuration: LocalSSMConfiguration) {
         self.configuration = configuration
         self.registry = SessionRegistry()
-        self.mgs = MGS(registry: self.registry, limits: configuration.limits)
+        self.mgs = MGS(registry: self.registry, limits: configuration.limits, faults: FaultInjector(configuration.faults))
         self.verifier = SigV4Verifier(
             region: configuration.region, services: ["ssm", "ec2", "ssmmessages"],
             credentials: configuration.credentials.map { AWSCredentials(accessKeyID: $0.accessKeyID, secretAccessKey: $0.secretAccessKey) })
@@ -52,9 +54,11 @@ public final class LocalSSMServer: Sendable {
             .get()
         self.boundChannel.withLock { $0 = channel }
         self.boundPort.withLock { $0 = channel.localAddress?.port }
+        self.mgs.startTimers(on: channel.eventLoop)
     }
 
     public func stop() async {
+        self.mgs.stopTimers()
         let channel = self.boundChannel.withLock { $0 }
         try? await channel?.close()
     }
@@ -65,8 +69,11 @@ public final class LocalSSMServer: Sendable {
             maxFrameSize: 1 << 20,
             automaticErrorHandling: true,
             shouldUpgrade: { channel, head in
-                let route = MGSRoute(uri: head.uri)
-                return channel.eventLoop.makeSucceededFuture(route == nil ? nil : HTTPHeaders())
+                guard MGSRoute(uri: head.uri) != nil else { return channel.eventLoop.makeSucceededFuture(nil) }
+                let delay = self.configuration.limits.webSocketOpenDelayMilliseconds
+                guard delay > 0 else { return channel.eventLoop.makeSucceededFuture(HTTPHeaders()) }
+                // The service's own latency in opening a channel.
+                return channel.eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { () -> HTTPHeaders? in HTTPHeaders() }.futureResult
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
@@ -91,6 +98,8 @@ public final class LocalSSMServer: Sendable {
         var uri: String
         var headers: HTTPHeaders
         var body: ByteBuffer
+        /// Who asked: the admin endpoint answers loopback peers only.
+        var peer: SocketAddress? = nil
 
         var path: String { String(self.uri.prefix { $0 != "?" }) }
         var query: String {
@@ -102,6 +111,9 @@ public final class LocalSSMServer: Sendable {
     func respond(to request: Request) async -> SSMAPI.Response {
         if request.method == .POST, let route = MGSRoute(uri: request.uri) {
             return self.issueMGSToken(route)
+        }
+        if request.path == "/admin" || request.path.hasPrefix("/admin/") {
+            return await AdminAPI(server: self).handle(request)
         }
         guard request.method == .POST, request.path == "/" else {
             return SSMAPI.failure(AWSAPIError(status: 404, code: "UnknownOperationException", message: "No operation at \(request.method) \(request.path)."))
@@ -225,7 +237,8 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                 writeHTTPResponse(SSMAPI.failure(error), keepAlive: false, version: head.version, on: channel)
                 return
             }
-            let request = LocalSSMServer.Request(method: head.method, uri: head.uri, headers: head.headers, body: self.body)
+            let request = LocalSSMServer.Request(
+                method: head.method, uri: head.uri, headers: head.headers, body: self.body, peer: channel.remoteAddress)
             let server = self.server
             let version = head.version
             Task {

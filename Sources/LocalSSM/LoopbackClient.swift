@@ -20,9 +20,10 @@ enum LoopbackClient {
         var description: String
     }
 
-    /// POSTs `body` and returns the status and body of the answer.
+    /// Sends one request (a POST unless told otherwise) and returns the status and body of the answer.
     static func post(
-        group: any EventLoopGroup, host: String, port: Int, path: String, headers: [(String, String)], body: ByteBuffer
+        group: any EventLoopGroup, host: String, port: Int, path: String, headers: [(String, String)], body: ByteBuffer,
+        method: HTTPMethod = .POST
     ) async throws -> (status: Int, body: String) {
         let promise = group.next().makePromise(of: (Int, String).self)
         let channel = try await ClientBootstrap(group: group)
@@ -34,7 +35,7 @@ enum LoopbackClient {
                 }
             }
             .connect(to: SocketAddress.resolvedWithoutDispatch(host: host, port: port)).get()
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "Host", value: "\(host):\(port)")
         head.headers.add(name: "Content-Length", value: String(body.readableBytes))
         head.headers.add(name: "Connection", value: "close")

@@ -13,16 +13,50 @@ import Synchronization
 public final class MGS: Sendable {
     let registry: SessionRegistry
     let limits: LimitsProfile
+    public let faults: FaultInjector
+    private let ticker = Mutex<RepeatedTask?>(nil)
     private let controlChannels = Mutex<[String: any Channel]>([:])
     private let controlTokens = Mutex<[String: String]>([:])
     private let relays = Mutex<[String: SessionRelay]>([:])
     /// Frames held for a side that is not connected; beyond this the oldest are dropped (both peers resend).
     static let pendingFrameLimit = 4096
 
-    init(registry: SessionRegistry, limits: LimitsProfile = .aws) {
+    /// How often idle sessions, WebSocket lifetimes and timed drops are checked.
+    static let tickInterval = TimeAmount.milliseconds(100)
+
+    init(registry: SessionRegistry, limits: LimitsProfile = .aws, faults: FaultInjector = FaultInjector()) {
         self.registry = registry
         self.limits = limits
+        self.faults = faults
     }
+
+    // MARK: Timers
+
+    /// Starts the checks that run on a clock rather than on frames: idle timeout, WebSocket lifetime, timed drops.
+    func startTimers(on loop: any EventLoop) {
+        let task = loop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) { [weak self] _ in
+            self?.tick()
+        }
+        self.ticker.withLock { $0 = task }
+    }
+
+    func stopTimers() {
+        self.ticker.withLock { $0.take() }?.cancel()
+    }
+
+    func tick() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        for relay in self.relays.withLock({ Array($0.values) }) {
+            if relay.tick(now: now, limits: self.limits) == .idle, self.registry.terminate(relay.sessionID) {
+                self.closeSession(relay.sessionID, output: Self.idleTimeoutOutput)
+            }
+        }
+    }
+
+    /// What the client is told when MGS ends an idle session (our wording; AWS's is not in the sources).
+    static let idleTimeoutOutput = "Session terminated: no data in either direction for the idle timeout."
+    /// What the client is told when the session's agent restarted without it (our model, reference section 12).
+    static let agentRestartedOutput = "Session terminated: the agent restarted."
 
     // MARK: Control channel
 
@@ -40,6 +74,11 @@ public final class MGS: Sendable {
             return old
         }
         if let previous, previous !== channel { previous.close(promise: nil) }
+        // A (re)started agent holds no session whose data channel it lost: those end now. An agent that
+        // only lost its network reconnects its data channels first (within milliseconds; its control
+        // channel waits seconds), so its sessions are not caught here.
+        let orphans = self.relays.withLock { relays in relays.values.filter { $0.target == instanceID } }.filter(\.agentIsGone)
+        for relay in orphans { self.sessionEnded(relay.sessionID, output: Self.agentRestartedOutput) }
         return true
     }
 
@@ -56,7 +95,9 @@ public final class MGS: Sendable {
     /// Sends `interactive_shell` to the target's agent, as MGS does on StartSession.
     func deliverStartSession(_ session: SessionRegistry.Session, document: SessionDocument) -> Bool {
         guard let channel = self.controlChannels.withLock({ $0[session.target] }) else { return false }
-        let relay = SessionRelay(sessionID: session.id, target: session.target, mgs: self, messagesPerSecond: self.limits.messagesPerSecond)
+        let relay = SessionRelay(
+            sessionID: session.id, target: session.target, mgs: self, messagesPerSecond: self.limits.messagesPerSecond,
+            faultSeed: self.faults.seed(for: session.id))
         self.relays.withLock { $0[session.id] = relay }
         let content = JSONValue.object([
             ("DocumentName", .string(session.documentName)),
@@ -162,6 +203,11 @@ final class SessionRelay: Sendable {
         var paused = false
         var held = CircularBuffer<ByteBuffer>()
         var refusedWhilePaused = 0
+        /// When the current WebSocket attached (monotonic ns): the service closes it after its lifetime.
+        var attachedAt: UInt64 = 0
+        var everAttached = false
+        /// WebSockets this side has opened for the session (1 + reconnects).
+        var attachCount = 0
     }
 
     struct State {
@@ -169,42 +215,62 @@ final class SessionRelay: Sendable {
         var agent = Side()
         var closed = false
         var agentTerminating = false
+        /// Stream data messages relayed so far, and when that count last changed: the idle timeout.
+        var dataFrames = 0
+        var idleMark: (count: Int, since: UInt64)
+        // Faults: the spec looked up for this session (valid for `faultGeneration`) and its state.
+        var faultGeneration = -1
+        var faultSpec: FaultSpec?
+        var toAgent: FrameFaults
+        var toClient: FrameFaults
+        var framesSinceDrop = 0
+        var lastTimedDrop: UInt64
+        var delayedInFlight = 0
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     /// Data messages per second per direction; nil: no limit.
     let messagesPerSecond: Int?
+    /// Frames waiting out a delay fault, per session; beyond this they are dropped.
+    static let delayedFrameLimit = 4096
+    /// How long a frame put aside to swap with the next waits for one.
+    static let reorderHold = TimeAmount.milliseconds(10)
 
-    init(sessionID: String, target: String, mgs: MGS, messagesPerSecond: Int?) {
+    init(sessionID: String, target: String, mgs: MGS, messagesPerSecond: Int?, faultSeed: UInt64 = 1) {
         self.sessionID = sessionID
         self.target = target
         self.mgs = mgs
         self.messagesPerSecond = messagesPerSecond
+        let now = DispatchTime.now().uptimeNanoseconds
+        var state = State(
+            idleMark: (0, now), toAgent: FrameFaults(seed: faultSeed), toClient: FrameFaults(seed: faultSeed ^ 0x5555_5555_5555_5555),
+            lastTimedDrop: now)
         if let rate = messagesPerSecond {
-            self.state.withLock { state in
-                state.client.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
-                state.agent.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
-            }
+            state.client.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
+            state.agent.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
         }
+        self.state = Mutex(state)
     }
 
     /// Connects one side; frames held for it are flushed in order. A newer connection of the
     /// same side (a resume) replaces the old one.
     func attach(_ role: SessionRegistry.Role, channel: any Channel) -> Bool {
+        let now = DispatchTime.now().uptimeNanoseconds
         let (pending, previous, accepted) = self.state.withLock { state -> ([ByteBuffer], (any Channel)?, Bool) in
             guard !state.closed else { return ([], nil, false) }
+            func attach(_ side: inout Side) -> ([ByteBuffer], (any Channel)?, Bool) {
+                let old = side.channel
+                side.channel = channel
+                side.attachedAt = now
+                side.everAttached = true
+                side.attachCount += 1
+                defer { side.pending = [] }
+                return (side.pending, old, true)
+            }
             switch role {
-            case .client:
-                let old = state.client.channel
-                state.client.channel = channel
-                defer { state.client.pending = [] }
-                return (state.client.pending, old, true)
-            case .agent:
-                let old = state.agent.channel
-                state.agent.channel = channel
-                defer { state.agent.pending = [] }
-                return (state.agent.pending, old, true)
+            case .client: return attach(&state.client)
+            case .agent: return attach(&state.agent)
             }
         }
         guard accepted else { return false }
@@ -277,10 +343,13 @@ final class SessionRelay: Sendable {
     func drainHeld(_ role: SessionRegistry.Role, sender: any Channel) {
         let now = DispatchTime.now().uptimeNanoseconds
         let (frames, destination, resume, wait, closed) = self.state.withLock { state -> ([ByteBuffer], (any Channel)?, Bool, UInt64, Bool) in
+            var dataFrames = 0
+            defer { state.dataFrames &+= dataFrames }
             func drain(_ side: inout Side, to other: inout Side) -> ([ByteBuffer], (any Channel)?, Bool, UInt64) {
                 guard var bucket = side.bucket else { return ([], nil, false, 0) }
                 var out: [ByteBuffer] = []
                 while !side.held.isEmpty, bucket.take(1, now: now) { out.append(side.held.removeFirst()) }
+                dataFrames += out.count
                 var resume = false
                 bucket.refill(now: now)
                 if side.held.isEmpty, side.paused, bucket.tokens >= bucket.capacity / 2 {
@@ -326,9 +395,13 @@ final class SessionRelay: Sendable {
     }
 
     /// Passes a frame to the other side, or holds it until that side (re)connects.
+    ///
+    /// A frame that is not an AgentMessage goes no further: the official parsers trust the header
+    /// and can crash on such frames (reference 3.3), so the service must not pass them on.
     func forward(_ frame: ByteBuffer, from role: SessionRegistry.Role, sender: any Channel) {
-        let header = try? AgentMessage.decode(frame, options: .init(verifiesDigest: false))
-        if let header, header.messageType.isStreamData {
+        guard let header = try? AgentMessage.decode(frame, options: .init(verifiesDigest: false)) else { return }
+        let isData = header.messageType.isStreamData
+        if isData {
             switch self.rateDecision(for: role, frame: frame, now: DispatchTime.now().uptimeNanoseconds) {
             case .pass:
                 break
@@ -347,27 +420,191 @@ final class SessionRelay: Sendable {
                 return
             }
         }
-        if role == .agent, let header, header.messageType == .agentSessionState
-        {
+        if role == .agent, header.messageType == .agentSessionState {
             // Meant for the service, not the client.
             if let state = try? AgentSessionState(decoding: header.payload), state.sessionState == AgentSessionState.terminating {
                 self.state.withLock { $0.agentTerminating = true }
             }
             return
         }
+        if self.mgs.faults.isActive {
+            self.forwardWithFaults(frame, from: role, isData: isData, sender: sender)
+        } else {
+            self.deliver(frame, to: role.peer, countingData: isData)
+        }
+    }
+
+    /// Writes a frame to `role`'s WebSocket, or holds it until that side (re)connects.
+    func deliver(_ frame: ByteBuffer, to role: SessionRegistry.Role, countingData: Bool = false) {
         let destination = self.state.withLock { state -> (any Channel)? in
             guard !state.closed else { return nil }
+            if countingData { state.dataFrames &+= 1 }
             switch role {
-            case .client:
+            case .agent:
                 if let channel = state.agent.channel { return channel }
                 Self.hold(frame, in: &state.agent)
-            case .agent:
+            case .client:
                 if let channel = state.client.channel { return channel }
                 Self.hold(frame, in: &state.client)
             }
             return nil
         }
         destination?.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+    }
+
+    // MARK: Faults
+
+    struct FaultPlan {
+        var frames: [ByteBuffer] = []
+        /// Release times (monotonic ns) when a delay fault is set, one per frame.
+        var releases: [UInt64]?
+        var heldForReorder: UInt64?
+        var dropSide: FaultSpec.WebSocketDrop.Side?
+    }
+
+    /// The slow path, taken only while some fault is set anywhere.
+    func forwardWithFaults(_ frame: ByteBuffer, from role: SessionRegistry.Role, isData: Bool, sender: any Channel) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let plan = self.state.withLock { state -> FaultPlan in
+            if isData { state.dataFrames &+= 1 }
+            self.refreshFaults(&state)
+            guard let spec = state.faultSpec else { return FaultPlan(frames: [frame]) }
+            var plan = FaultPlan()
+            if spec.touchesFrames, spec.acts(on: role) {
+                let outcome = role == .client ? state.toAgent.apply(frame, spec: spec) : state.toClient.apply(frame, spec: spec)
+                plan.frames = outcome.frames
+                plan.heldForReorder = outcome.heldForReorder
+                plan.releases = self.releaseTimes(&state, for: &plan.frames, from: role, spec: spec, now: now)
+            } else {
+                plan.frames = [frame]
+            }
+            if let drop = spec.webSocketDrop, case .everyFrames(let count) = drop.trigger {
+                state.framesSinceDrop += 1
+                if state.framesSinceDrop >= count {
+                    state.framesSinceDrop = 0
+                    plan.dropSide = drop.side
+                }
+            }
+            return plan
+        }
+        self.emit(plan.frames, releases: plan.releases, to: role.peer, on: sender.eventLoop)
+        if let id = plan.heldForReorder {
+            sender.eventLoop.scheduleTask(in: Self.reorderHold) { self.releaseReorderHold(id, from: role, loop: sender.eventLoop) }
+        }
+        if let side = plan.dropSide { _ = self.dropSide(side == .client ? .client : .agent) }
+    }
+
+    /// Release times for a delay fault (nil when none is set); frames over the in-flight bound are dropped.
+    private func releaseTimes(
+        _ state: inout State, for frames: inout [ByteBuffer], from role: SessionRegistry.Role, spec: FaultSpec, now: UInt64
+    ) -> [UInt64]? {
+        guard spec.delayMilliseconds > 0 || spec.jitterMilliseconds > 0 else { return nil }
+        let room = max(0, Self.delayedFrameLimit - state.delayedInFlight)
+        if frames.count > room { frames.removeLast(frames.count - room) }
+        state.delayedInFlight += frames.count
+        return role == .client
+            ? state.toAgent.releaseTimes(count: frames.count, spec: spec, now: now)
+            : state.toClient.releaseTimes(count: frames.count, spec: spec, now: now)
+    }
+
+    private func emit(_ frames: [ByteBuffer], releases: [UInt64]?, to role: SessionRegistry.Role, on loop: any EventLoop) {
+        guard let releases else {
+            for frame in frames { self.deliver(frame, to: role) }
+            return
+        }
+        for (frame, release) in zip(frames, releases) {
+            // Strictly increasing deadlines on one loop: the frames leave in order.
+            loop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(release)) {
+                self.state.withLock { $0.delayedInFlight -= 1 }
+                self.deliver(frame, to: role)
+            }
+        }
+    }
+
+    /// Nobody came to swap places with a held frame: it goes alone.
+    private func releaseReorderHold(_ id: UInt64, from role: SessionRegistry.Role, loop: any EventLoop) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let plan = self.state.withLock { state -> FaultPlan in
+            let frame = role == .client ? state.toAgent.releaseHeld(id: id) : state.toClient.releaseHeld(id: id)
+            guard let frame else { return FaultPlan() }
+            var plan = FaultPlan(frames: [frame])
+            if let spec = state.faultSpec {
+                plan.releases = self.releaseTimes(&state, for: &plan.frames, from: role, spec: spec, now: now)
+            }
+            return plan
+        }
+        self.emit(plan.frames, releases: plan.releases, to: role.peer, on: loop)
+    }
+
+    /// Looks the session's spec up again only when the fault configuration changed.
+    private func refreshFaults(_ state: inout State) {
+        let generation = self.mgs.faults.generation
+        guard state.faultGeneration != generation else { return }
+        state.faultGeneration = generation
+        state.faultSpec = self.mgs.faults.spec(for: self.sessionID)
+    }
+
+    /// Frame-fault counters, for tests and the admin endpoint.
+    var faultCounts: (dropped: Int, duplicated: Int, reordered: Int, corrupted: Int) {
+        self.state.withLock { state -> (dropped: Int, duplicated: Int, reordered: Int, corrupted: Int) in
+            let (a, c) = (state.toAgent, state.toClient)
+            let dropped: Int = a.dropped + c.dropped
+            let duplicated: Int = a.duplicated + c.duplicated
+            let reordered: Int = a.reordered + c.reordered
+            let corrupted: Int = a.corrupted + c.corrupted
+            return (dropped, duplicated, reordered, corrupted)
+        }
+    }
+
+    // MARK: Clock-driven checks
+
+    enum TickOutcome { case none, idle }
+
+    /// Idle timeout, WebSocket lifetime and timed drops; called every `MGS.tickInterval`.
+    func tick(now: UInt64, limits: LimitsProfile) -> TickOutcome {
+        var closing: [any Channel] = []
+        let outcome = self.state.withLock { state -> TickOutcome in
+            guard !state.closed else { return .none }
+            if state.dataFrames != state.idleMark.count {
+                state.idleMark = (state.dataFrames, now)
+            } else if now.elapsed(since: state.idleMark.since) >= UInt64(limits.idleTimeoutSeconds) * 1_000_000_000 {
+                return .idle
+            }
+            if let lifetime = limits.webSocketLifetimeSeconds.map({ UInt64($0) * 1_000_000_000 }) {
+                for role in [SessionRegistry.Role.client, .agent] {
+                    state.withSide(role) { side in
+                        guard let channel = side.channel, now.elapsed(since: side.attachedAt) >= lifetime else { return }
+                        side.attachedAt = now  // closing: not again on the next tick
+                        closing.append(channel)
+                    }
+                }
+            }
+            if self.mgs.faults.isActive {
+                self.refreshFaults(&state)
+                if let drop = state.faultSpec?.webSocketDrop, case .everySeconds(let seconds) = drop.trigger,
+                    now.elapsed(since: state.lastTimedDrop) >= UInt64(seconds) * 1_000_000_000
+                {
+                    state.lastTimedDrop = now
+                    if let channel = drop.side == .client ? state.client.channel : state.agent.channel { closing.append(channel) }
+                }
+            }
+            return .none
+        }
+        // As a network failure would: no `channel_closed`; the side reconnects (ResumeSession for a client).
+        for channel in closing { channel.close(promise: nil) }
+        return outcome
+    }
+
+    /// Stream data messages relayed so far.
+    var dataFrameCount: Int { self.state.withLock { $0.dataFrames } }
+
+    var attachCounts: (client: Int, agent: Int) {
+        self.state.withLock { ($0.client.attachCount, $0.agent.attachCount) }
+    }
+
+    /// The agent had the data channel and lost it.
+    var agentIsGone: Bool {
+        self.state.withLock { !$0.closed && $0.agent.everAttached && $0.agent.channel == nil }
     }
 
     private static func hold(_ frame: ByteBuffer, in side: inout Side) {
@@ -407,4 +644,23 @@ final class SessionRelay: Sendable {
             }
         }
     }
+}
+
+extension SessionRelay.State {
+    mutating func withSide<T>(_ role: SessionRegistry.Role, _ body: (inout SessionRelay.Side) -> T) -> T {
+        switch role {
+        case .client: return body(&self.client)
+        case .agent: return body(&self.agent)
+        }
+    }
+}
+
+extension SessionRegistry.Role {
+    /// The other end of a session.
+    var peer: Self { self == .client ? .agent : .client }
+}
+
+extension UInt64 {
+    /// Nanoseconds from `start` to this instant; 0 if `start` is later (clock reads from several threads).
+    func elapsed(since start: UInt64) -> UInt64 { self > start ? self - start : 0 }
 }

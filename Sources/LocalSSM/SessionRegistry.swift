@@ -25,7 +25,7 @@ public final class SessionRegistry: Sendable {
         public var endDate: Date?
         /// Tokens the client may present in OpenDataChannel (the latest from Start/ResumeSession).
         var clientTokens: Set<String>
-        /// Tokens the agent may present, from CreateDataChannel.
+        /// The token the agent may present, from its latest CreateDataChannel.
         var agentTokens: Set<String>
     }
 
@@ -75,7 +75,7 @@ public final class SessionRegistry: Sendable {
         self.state.withLock { sessions in
             guard var session = sessions[id], session.status != .terminated else { return nil }
             let token = Self.randomToken()
-            session.agentTokens.insert(token)
+            session.agentTokens = [token]  // a reconnecting agent's old token is spent
             sessions[id] = session
             return token
         }

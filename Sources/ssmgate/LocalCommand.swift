@@ -12,13 +12,13 @@ struct LocalCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: "A YAML file with listen, region, credentials, instances and limits.")
+    @Option(name: .long, help: "A YAML file with listen, region, credentials, instances, limits and faults.")
     var config: String?
 
     @Option(name: .long, help: "Address to listen on, HOST:PORT (overrides the file).")
     var listen: String?
 
-    @Option(name: .long, help: "aws (the service's limits, the default) or unlimited.")
+    @Option(name: .long, help: "aws (the service's limits, the default) or unlimited; figures the file sets under limits: still apply.")
     var limits: String?
 
     func run() async throws {
@@ -41,7 +41,7 @@ struct LocalCommand: AsyncParsableCommand {
             guard let profile = LimitsProfile(named: limits) else {
                 throw ValidationError("--limits '\(limits)' is not a profile: use aws or unlimited")
             }
-            configuration.limits = profile
+            configuration.limits = profile.applying(configuration.limitsOverrides)
         }
         let emulator = LocalEmulator(configuration: configuration)
         do {
@@ -51,8 +51,14 @@ struct LocalCommand: AsyncParsableCommand {
         }
         let url = emulator.server.endpointURL
         let credential = configuration.credentials.first
+        let limits = configuration.limits
         print("""
-            LocalSSM (Session Manager emulator) listening on \(url), limits: \(configuration.limits.name)
+            LocalSSM (Session Manager emulator) listening on \(url), limits: \(limits.name)\
+            \(configuration.limitsOverrides == LimitsOverrides() ? "" : " with the file's figures")
+              idle timeout \(limits.idleTimeoutSeconds) s, WebSocket lifetime \(limits.webSocketLifetimeSeconds.map { "\($0) s" } ?? "none"), \
+            start delays: StartSession \(limits.startSessionDelayMilliseconds) ms, WebSocket open \(limits.webSocketOpenDelayMilliseconds) ms, \
+            agent \(limits.agentStartDelayMilliseconds) ms
+            faults: \(configuration.faults.isEmpty ? "none" : "set in the configuration file"); change them at \(url)/admin/faults (loopback only)
             instances: \(configuration.instances.map { "\($0.id)\($0.name.map { " (\($0))" } ?? "")" }.joined(separator: ", "))
 
             Use it from another shell:

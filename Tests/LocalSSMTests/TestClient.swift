@@ -295,6 +295,8 @@ struct TestSession: Sendable {
         let loop = self.channel.eventLoop
         return try await loop.submit {
             handler.value.survivesDrops = true
+            // Already dropped (between a reconnect and this call): nothing to wait for.
+            if handler.value.context == nil { return loop.makeSucceededVoidFuture() }
             let promise = loop.makePromise(of: Void.self)
             handler.value.drops = promise
             return promise.futureResult
@@ -384,18 +386,8 @@ struct TestSession: Sendable {
     }
 }
 
-/// A seedable generator, so both ends can agree on the bytes.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// A seedable generator, so both ends can agree on the bytes: the one the fault injector uses.
+typealias SplitMix64 = FaultRandom
 
 /// A TCP echo server on loopback, for the agent's destinations.
 final class EchoServer: Sendable {
