@@ -18,8 +18,11 @@ public final class MGS: Sendable {
     private let controlChannels = Mutex<[String: any Channel]>([:])
     private let controlTokens = Mutex<[String: String]>([:])
     private let relays = Mutex<[String: SessionRelay]>([:])
-    /// Frames held for a side that is not connected; beyond this the oldest are dropped (both peers resend).
-    static let pendingFrameLimit = 4096
+    /// Frames held for a side that is not connected. At this many the sending side is no longer
+    /// read (TCP backpressure) until the other side is back, so the relay loses nothing; the hard
+    /// cap only guards against a sender that ignores it.
+    static let pendingFrameLimit = 1024
+    static let pendingFrameHardLimit = 8192
 
     /// How often idle sessions, WebSocket lifetimes and timed drops are checked.
     static let tickInterval = TimeAmount.milliseconds(100)
@@ -197,6 +200,8 @@ final class SessionRelay: Sendable {
         var channel: (any Channel)?
         var pending: [ByteBuffer] = []
         var droppedFrames = 0
+        /// This side's sender was stopped because the other side is away with too much held for it.
+        var readingSuspended = false
         /// Data messages this side may still send (nil: no limit).
         var bucket: TokenBucket?
         /// Over the limit: told to pause; its frames wait in `held` and leave at the allowed rate.
@@ -265,6 +270,7 @@ final class SessionRelay: Sendable {
                 side.attachedAt = now
                 side.everAttached = true
                 side.attachCount += 1
+                side.readingSuspended = false
                 defer { side.pending = [] }
                 return (side.pending, old, true)
             }
@@ -279,6 +285,18 @@ final class SessionRelay: Sendable {
             channel.write(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
         }
         channel.flush()
+        // The other side was held back while this one was away: read it again.
+        let suspended = self.state.withLock { state -> (any Channel)? in
+            func resume(_ side: inout Side) -> (any Channel)? {
+                guard side.readingSuspended else { return nil }
+                side.readingSuspended = false
+                return side.channel
+            }
+            return role == .client ? resume(&state.agent) : resume(&state.client)
+        }
+        if let suspended {
+            suspended.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in suspended.read() }
+        }
         if role == .agent { self.mgs.registry.markConnected(self.sessionID) }
         return true
     }
@@ -430,25 +448,34 @@ final class SessionRelay: Sendable {
         if self.mgs.faults.isActive {
             self.forwardWithFaults(frame, from: role, isData: isData, sender: sender)
         } else {
-            self.deliver(frame, to: role.peer, countingData: isData)
+            self.deliver(frame, to: role.peer, countingData: isData, sender: sender)
         }
     }
 
     /// Writes a frame to `role`'s WebSocket, or holds it until that side (re)connects.
-    func deliver(_ frame: ByteBuffer, to role: SessionRegistry.Role, countingData: Bool = false) {
-        let destination = self.state.withLock { state -> (any Channel)? in
-            guard !state.closed else { return nil }
+    /// `sender` is the sending side's WebSocket: it stops being read while too much is held.
+    func deliver(_ frame: ByteBuffer, to role: SessionRegistry.Role, countingData: Bool = false, sender: (any Channel)? = nil) {
+        let (destination, suspend) = self.state.withLock { state -> ((any Channel)?, Bool) in
+            guard !state.closed else { return (nil, false) }
             if countingData { state.dataFrames &+= 1 }
+            func holdFor(_ side: inout Side, senderSide: inout Side) -> Bool {
+                Self.hold(frame, in: &side)
+                guard side.pending.count >= MGS.pendingFrameLimit, !senderSide.readingSuspended, senderSide.channel === sender,
+                    sender != nil
+                else { return false }
+                senderSide.readingSuspended = true
+                return true
+            }
             switch role {
             case .agent:
-                if let channel = state.agent.channel { return channel }
-                Self.hold(frame, in: &state.agent)
+                if let channel = state.agent.channel { return (channel, false) }
+                return (nil, holdFor(&state.agent, senderSide: &state.client))
             case .client:
-                if let channel = state.client.channel { return channel }
-                Self.hold(frame, in: &state.client)
+                if let channel = state.client.channel { return (channel, false) }
+                return (nil, holdFor(&state.client, senderSide: &state.agent))
             }
-            return nil
         }
+        if suspend, let sender { sender.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
         destination?.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
     }
 
@@ -608,7 +635,7 @@ final class SessionRelay: Sendable {
     }
 
     private static func hold(_ frame: ByteBuffer, in side: inout Side) {
-        if side.pending.count >= MGS.pendingFrameLimit {
+        if side.pending.count >= MGS.pendingFrameHardLimit {
             side.pending.removeFirst()
             side.droppedFrames += 1
         }
