@@ -123,6 +123,16 @@ let package = Package(
             ],
             path: "Benchmarks/ProtocolBenchmarks"
         ),
+        // Helpers shared by the test targets: the emulator on a free port, processes, an echo server.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "LocalSSM",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "SSMProtocolTests",
             dependencies: [
@@ -135,6 +145,7 @@ let package = Package(
         .testTarget(
             name: "LocalSSMTests",
             dependencies: [
+                "TestSupport",
                 "LocalSSM",
                 "SSMProtocol",
                 "Mux",
@@ -147,6 +158,7 @@ let package = Package(
         .testTarget(
             name: "DataChannelTests",
             dependencies: [
+                "TestSupport",
                 "DataChannel",
                 "Sessions",
                 "LocalSSM",
@@ -160,6 +172,7 @@ let package = Package(
         .testTarget(
             name: "AWSClientTests",
             dependencies: [
+                "TestSupport",
                 "AWSClient",
                 "LocalSSM",
                 "SigV4",

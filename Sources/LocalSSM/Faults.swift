@@ -133,20 +133,7 @@ public final class FaultInjector: Sendable {
 // MARK: - The relay's per-direction fault state
 
 /// A seedable generator: fault decisions repeat for the same seed and frame sequence.
-struct FaultRandom: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func chance(_ rate: Double) -> Bool {
-        rate > 0 && Double(self.next() >> 11) / Double(1 << 53) < rate
-    }
-}
+typealias FaultRandom = SplitMix64
 
 /// Frame faults for one direction of one session: a pure value, so the rules can be tested alone.
 struct FrameFaults: Sendable {

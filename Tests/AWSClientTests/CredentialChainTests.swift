@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Crypto
 import Foundation
 import SigV4
+import TestSupport
 import Testing
 
 @testable import AWSClient

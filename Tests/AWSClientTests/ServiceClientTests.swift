@@ -3,22 +3,9 @@ import Foundation
 import LocalSSM
 import SigV4
 import Testing
+import TestSupport
 
 @testable import AWSClient
-
-/// Starts the emulator on a loopback port for the duration of `body`.
-func withEmulator<T>(_ body: (LocalEmulator) async throws -> T) async throws -> T {
-    let emulator = LocalEmulator(configuration: LocalSSMConfiguration(listenPort: 0, limits: .unlimited))
-    try await emulator.start()
-    do {
-        let result = try await body(emulator)
-        await emulator.stop()
-        return result
-    } catch {
-        await emulator.stop()
-        throw error
-    }
-}
 
 /// A configuration pointing SSM (`--endpoint-url`) and EC2 (`AWS_ENDPOINT_URL_EC2`) at `endpoint`.
 func emulatorConfiguration(_ home: TemporaryHome, endpoint: String, secret: String = "test") throws -> AWSClientConfiguration {

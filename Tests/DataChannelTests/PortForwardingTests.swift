@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import SSMProtocol
 import Sessions
+import TestSupport
 import Testing
 
 @testable import LocalSSM

@@ -6,26 +6,11 @@ import NIOPosix
 import SSMProtocol
 import Sessions
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import LocalSSM
 
-/// Starts an emulator on an OS-chosen loopback port for the duration of `body`.
-func withEmulator<T>(
-    _ configuration: LocalSSMConfiguration = LocalSSMConfiguration(listenPort: 0, limits: .unlimited),
-    _ body: (LocalEmulator) async throws -> T
-) async throws -> T {
-    let emulator = LocalEmulator(configuration: configuration)
-    try await emulator.start()
-    do {
-        let result = try await body(emulator)
-        await emulator.stop()
-        return result
-    } catch {
-        await emulator.stop()
-        throw error
-    }
-}
 
 struct StartedTestSession: Sendable {
     var sessionID: String
@@ -56,43 +41,7 @@ func resumer(_ emulator: LocalEmulator, sessionID: String) -> DataChannel.TokenR
     }
 }
 
-/// A TCP echo server on loopback, for the agent's destinations.
-final class EchoServer: Sendable {
-    let channel: any Channel
-    var port: Int { self.channel.localAddress!.port! }
 
-    init() async throws {
-        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
-    }
-
-    func close() async { try? await self.channel.close() }
-
-    final class EchoHandler: ChannelInboundHandler {
-        typealias InboundIn = ByteBuffer
-        typealias OutboundOut = ByteBuffer
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) { context.write(data, promise: nil) }
-        func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
-        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
-    }
-}
-
-/// A seedable generator, so both ends can agree on the bytes.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 struct EchoResult: Sendable {
     var sent: Int

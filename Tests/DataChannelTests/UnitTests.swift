@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOCore
 import SSMProtocol
+import TestSupport
 import Testing
 
 @testable import DataChannel

@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SSMProtocol
+import TestSupport
 import Testing
 
 @testable import LocalSSM

@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import NIOWebSocket
 import SSMProtocol
+import TestSupport
 import Testing
 
 @testable import LocalSSM

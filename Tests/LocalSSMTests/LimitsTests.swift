@@ -1,5 +1,6 @@
 import NIOCore
 import SSMProtocol
+import TestSupport
 import Testing
 
 @testable import LocalSSM

@@ -385,33 +385,3 @@ struct TestSession: Sendable {
         try await self.channel.eventLoop.submit { handler.value.sendTerminate() }.get()
     }
 }
-
-/// A seedable generator, so both ends can agree on the bytes: the one the fault injector uses.
-typealias SplitMix64 = FaultRandom
-
-/// A TCP echo server on loopback, for the agent's destinations.
-final class EchoServer: Sendable {
-    let channel: any Channel
-    var port: Int { self.channel.localAddress!.port! }
-
-    init() async throws {
-        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
-    }
-
-    func close() async { try? await self.channel.close() }
-
-    final class EchoHandler: ChannelInboundHandler {
-        typealias InboundIn = ByteBuffer
-        typealias OutboundOut = ByteBuffer
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            context.write(data, promise: nil)
-        }
-        func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
-        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
-    }
-}

@@ -1,3 +1,4 @@
+import SSMProtocol
 import Mux
 import NIOCore
 import Testing

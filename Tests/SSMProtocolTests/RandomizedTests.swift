@@ -1,3 +1,4 @@
+import SSMProtocol
 import NIOCore
 import Testing
 

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SSMProtocol
 
 /// Loads the golden vectors shipped with the tests (copied from shared/reference/vectors).
 enum Vectors {
@@ -58,15 +59,3 @@ extension ByteBuffer {
     }
 }
 
-/// A fast, seedable generator so randomized tests are reproducible from the printed seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
