@@ -63,7 +63,13 @@ struct SharedConfig: Sendable {
     private static func readIfPresent(_ path: String) throws -> String? {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return nil }
-        guard !isDirectory.boolValue, let data = FileManager.default.contents(atPath: path) else {
+        // FileHandle rather than FileManager.contents: the latter gives nil for /dev/null, a common "no file".
+        guard !isDirectory.boolValue,
+            let data = (try? FileHandle(forReadingFrom: URL(fileURLWithPath: path))).flatMap({ handle in
+                defer { try? handle.close() }
+                return (try? handle.readToEnd()) ?? Data()
+            })
+        else {
             throw AWSConfigurationError(
                 problem: "cannot read \(path)",
                 remedy: "check that it is a readable file, or point AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE elsewhere")

@@ -158,6 +158,17 @@ public final class MGS: Sendable {
 
     // MARK: Data channels
 
+    /// How many WebSockets each side of a session has opened (1 + reconnects).
+    public func attachCount(sessionID: String) throws -> (client: Int, agent: Int) {
+        guard let relay = self.relay(sessionID) else { throw AWSAPIError.doesNotExist("Session \(sessionID) does not exist.") }
+        return relay.attachCounts
+    }
+
+    /// How often the message-rate limit paused each side of a session, and for how long in all.
+    public func rateLimitStatistics(sessionID: String) -> RateLimitStatistics? {
+        self.relay(sessionID)?.rateLimitStatistics
+    }
+
     func relay(_ sessionID: String) -> SessionRelay? {
         self.relays.withLock { $0[sessionID] }
     }
@@ -202,6 +213,10 @@ final class SessionRelay: Sendable {
         var droppedFrames = 0
         /// This side's sender was stopped because the other side is away with too much held for it.
         var readingSuspended = false
+        /// Rate-limit pauses told to this side, and how long they lasted in all (ns).
+        var pauses = 0
+        var pausedSince: UInt64 = 0
+        var pausedTotal: UInt64 = 0
         /// Data messages this side may still send (nil: no limit).
         var bucket: TokenBucket?
         /// Over the limit: told to pause; its frames wait in `held` and leave at the allowed rate.
@@ -329,6 +344,18 @@ final class SessionRelay: Sendable {
 
     enum RateDecision { case pass, hold(startDraining: Bool), drop, close }
 
+    var rateLimitStatistics: RateLimitStatistics {
+        let now = DispatchTime.now().uptimeNanoseconds
+        return self.state.withLock { state in
+            func total(_ side: Side) -> Double {
+                Double(side.pausedTotal + (side.paused && now > side.pausedSince ? now - side.pausedSince : 0)) / 1e9
+            }
+            return RateLimitStatistics(
+                clientPauses: state.client.pauses, clientPausedSeconds: total(state.client),
+                agentPauses: state.agent.pauses, agentPausedSeconds: total(state.agent))
+        }
+    }
+
     /// The service's data-message rate limit. A sender over it is told `pause_publication`; what it
     /// already sent waits (bounded) and leaves at the allowed rate, in order; `start_publication`
     /// follows once the queue is empty and the bucket half full. A sender that keeps going past the
@@ -350,6 +377,10 @@ final class SessionRelay: Sendable {
         if side.held.count < rate * 2 {
             side.held.append(frame)
             let first = !side.paused
+            if first {
+                side.pauses += 1
+                side.pausedSince = now
+            }
             side.paused = true
             return .hold(startDraining: first)
         }
@@ -372,6 +403,7 @@ final class SessionRelay: Sendable {
                 bucket.refill(now: now)
                 if side.held.isEmpty, side.paused, bucket.tokens >= bucket.capacity / 2 {
                     side.paused = false
+                    side.pausedTotal += now > side.pausedSince ? now - side.pausedSince : 0
                     side.refusedWhilePaused = 0
                     resume = true
                 }
@@ -690,4 +722,12 @@ extension SessionRegistry.Role {
 extension UInt64 {
     /// Nanoseconds from `start` to this instant; 0 if `start` is later (clock reads from several threads).
     func elapsed(since start: UInt64) -> UInt64 { self > start ? self - start : 0 }
+}
+
+/// What the service's message-rate limit did to one session.
+public struct RateLimitStatistics: Sendable, Hashable {
+    public var clientPauses: Int
+    public var clientPausedSeconds: Double
+    public var agentPauses: Int
+    public var agentPausedSeconds: Double
 }

@@ -3,6 +3,10 @@ import LocalSSM
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Starts an emulator on an OS-chosen loopback port for the duration of `body`.
 public func withEmulator<T>(
     _ configuration: LocalSSMConfiguration = LocalSSMConfiguration(listenPort: 0, limits: .unlimited),
@@ -39,6 +43,7 @@ public struct CommandResult: Sendable {
 /// A tool the end-to-end tests need is not installed; `scripts/test.sh` installs it.
 public struct ToolMissing: Error, CustomStringConvertible {
     public var tool: String
+    public init(tool: String) { self.tool = tool }
     public var description: String { "\(self.tool) is not installed: run scripts/test.sh, which installs what the tests need" }
 }
 
@@ -138,5 +143,40 @@ public final class EchoServer: Sendable {
         func channelRead(context: ChannelHandlerContext, data: NIOAny) { context.write(data, promise: nil) }
         func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
         func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+}
+
+/// A daemon started with posix_spawn rather than Foundation's Process: daemons such as sshd close
+/// inherited descriptors, which Foundation takes for the child's exit and then blocks in waitpid,
+/// stalling every other Process of the test run.
+public final class SpawnedDaemon: Sendable {
+    public let pid: pid_t
+
+    /// Starts `executable` with its output appended to `logFile`.
+    public init(_ executable: String, _ arguments: [String], logFile: String) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard status == 0 else { throw ToolMissing(tool: "\(executable) (posix_spawn failed: \(status))") }
+        self.pid = pid
+    }
+
+    /// SIGTERM, then reaps it (SIGKILL after two seconds).
+    public func stop() {
+        kill(self.pid, SIGTERM)
+        var status: Int32 = 0
+        for _ in 0..<200 {
+            if waitpid(self.pid, &status, WNOHANG) == self.pid { return }
+            usleep(10_000)
+        }
+        kill(self.pid, SIGKILL)
+        _ = waitpid(self.pid, &status, 0)
     }
 }

@@ -1,0 +1,159 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOPosix
+import SSMProtocol
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `ssmgate` executable built beside this test bundle.
+func ssmgateExecutable() throws -> String {
+    let directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [directory, directory.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent("ssmgate").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    let fallback = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(".build/debug/ssmgate").path
+    guard FileManager.default.isExecutableFile(atPath: fallback) else { throw ToolMissing(tool: "ssmgate (run swift build first)") }
+    return fallback
+}
+
+/// A scratch directory removed at the end.
+final class ScratchDirectory: Sendable {
+    let path: String
+
+    init(_ name: String) throws {
+        self.path = FileManager.default.temporaryDirectory.appendingPathComponent("ssmgate-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: true)
+    }
+
+    func file(_ name: String) -> String { "\(self.path)/\(name)" }
+
+    func remove() { try? FileManager.default.removeItem(atPath: self.path) }
+}
+
+/// Writes `bytes` deterministic pseudo-random bytes and returns their SHA-256.
+@discardableResult
+func writeRandomFile(_ path: String, bytes: Int, seed: UInt64) throws -> String {
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+    defer { try? handle.close() }
+    var generator = SplitMix64(seed: seed)
+    var hash = SHA256()
+    var remaining = bytes
+    var chunk = [UInt8](repeating: 0, count: 1 << 20)
+    while remaining > 0 {
+        let count = min(remaining, chunk.count)
+        chunk.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for index in 0..<(count + 7) / 8 where index < words.count { words[index] = generator.next() }
+        }
+        let slice = chunk[0..<count]
+        hash.update(data: slice)
+        try handle.write(contentsOf: slice)
+        remaining -= count
+    }
+    return hash.finalize().map { String(format: "%02x", $0) }.joined()
+}
+
+func sha256(ofFile path: String) throws -> String {
+    let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+    defer { try? handle.close() }
+    var hash = SHA256()
+    while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty { hash.update(data: data) }
+    return hash.finalize().map { String(format: "%02x", $0) }.joined()
+}
+
+func fileSize(_ path: String) -> Int {
+    ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
+}
+
+/// A port nobody listens on right now (bound, then released).
+func freePort() async throws -> Int {
+    let socket = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+    let port = socket.localAddress!.port!
+    try await socket.close()
+    return port
+}
+
+func waitForPort(_ port: Int, within seconds: Double) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get() {
+            try? await channel.close()
+            return true
+        }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return false
+}
+
+/// A real OpenSSH server on a loopback port, with its own host key and one authorized user key.
+final class SSHServer: Sendable {
+    let directory: ScratchDirectory
+    let port: Int
+    let process: SpawnedDaemon
+    let userKey: String
+    let user: String
+
+    static func start(keyType: String = "ed25519") async throws -> SSHServer {
+        guard let sshd = findExecutable("sshd"), let keygen = findExecutable("ssh-keygen") else { throw ToolMissing(tool: "openssh-server") }
+        let directory = try ScratchDirectory("sshd")
+        let environment = ProcessInfo.processInfo.environment
+        for (name, type) in [("host_key", "ed25519"), ("user_key", keyType)] {
+            let result = try await run(keygen, ["-q", "-t", type, "-N", "", "-f", directory.file(name)], environment: environment)
+            guard result.status == 0 else { throw ToolMissing(tool: "ssh-keygen (\(result.stderr))") }
+        }
+        try FileManager.default.copyItem(atPath: directory.file("user_key.pub"), toPath: directory.file("authorized_keys"))
+        // Privilege separation needs this directory when sshd runs as root.
+        if getuid() == 0 { try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true) }
+        let port = try await freePort()
+        let config = """
+            Port \(port)
+            ListenAddress 127.0.0.1
+            HostKey \(directory.file("host_key"))
+            AuthorizedKeysFile \(directory.file("authorized_keys"))
+            PidFile \(directory.file("sshd.pid"))
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            Subsystem sftp internal-sftp
+            """
+        try config.write(toFile: directory.file("sshd_config"), atomically: true, encoding: .utf8)
+        let process = try SpawnedDaemon(sshd, ["-D", "-e", "-f", directory.file("sshd_config")], logFile: directory.file("sshd.log"))
+        let server = SSHServer(directory: directory, port: port, process: process, userKey: directory.file("user_key"), user: NSUserName())
+        guard await waitForPort(port, within: 10) else {
+            server.stop()
+            throw ToolMissing(tool: "a working sshd (log: \((try? String(contentsOfFile: directory.file("sshd.log"), encoding: .utf8)) ?? ""))")
+        }
+        return server
+    }
+
+    init(directory: ScratchDirectory, port: Int, process: SpawnedDaemon, userKey: String, user: String) {
+        self.directory = directory
+        self.port = port
+        self.process = process
+        self.userKey = userKey
+        self.user = user
+    }
+
+    func stop() {
+        self.process.stop()
+        self.directory.remove()
+    }
+
+    /// ssh/scp options: our key, no host-key prompts, and (when given) ssmgate as ProxyCommand.
+    func clientOptions(proxy: String?) -> [String] {
+        var options = [
+            "-F", "/dev/null", "-i", self.userKey, "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+        ]
+        if let proxy { options += ["-o", "ProxyCommand=\(proxy)"] }
+        return options
+    }
+}
