@@ -112,11 +112,11 @@ public final class LocalPortForwarder: DataChannelDelegate {
                     let port = listener.localAddress?.port ?? forwarder.options.localPort
                     forwarder.notice("Port \(port) opened for sessionId \(sessionID).\n")
                     if forwarder.mux != nil { forwarder.notice("Waiting for connections...\n") }
+                    forwarder.isListening = true
                     forwarder.listening.succeed(port)
                 case .failure(let error):
-                    forwarder.notice("Cannot listen on \(forwarder.options.bindHost):\(forwarder.options.localPort): \(error). Choose another --local-port.\n")
-                    forwarder.listening.fail(error)
-                    forwarder.channel.close()
+                    forwarder.channel.fail(.local(
+                        "Cannot listen on \(forwarder.options.bindHost):\(forwarder.options.localPort): \(error). Choose another local port."))
                 }
             }
     }
@@ -130,13 +130,18 @@ public final class LocalPortForwarder: DataChannelDelegate {
         self.finish(error)
     }
 
+    var finished = false
+    var isListening = false
+
     func finish(_ error: DataChannelError?) {
+        guard !self.finished else { return }
+        self.finished = true
         var error = error
         // After our TerminateSession flag, the service closing the channel is the expected end.
         if self.terminating, case .closedByService? = error { error = nil }
         self.listener?.close(promise: nil)
         self.listener = nil
-        self.listening.fail(error ?? DataChannelError.closed)
+        if !self.isListening { self.listening.fail(error ?? DataChannelError.closed) }
         self.ended.succeed(error)
     }
 }

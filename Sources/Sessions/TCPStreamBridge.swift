@@ -54,6 +54,11 @@ final class TCPStreamBridge: ChannelInboundHandler, MuxStreamPeer {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let id = self.id else { return }
         var buffer = self.unwrapInboundIn(data)
+        if self.pending != nil {
+            // Reads already in flight queue behind what the stream has not taken: order is kept.
+            self.pending!.writeBuffer(&buffer)
+            return
+        }
         let taken = self.connection.write(buffer, to: id)
         buffer.moveReaderIndex(forwardBy: min(taken, buffer.readableBytes))
         if buffer.readableBytes > 0 {

@@ -39,6 +39,29 @@ struct PortForwardingTests {
         }
     }
 
+    @Test("Under a message-rate limit (stream buffers fill, writes come back short) every stream keeps its byte order")
+    func rateLimitedStreamsKeepOrder() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        try await withEmulator { emulator in
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)", "localPortNumber": "0"])
+            let configuration = DataChannelConfiguration(sendWindow: 64, messagesPerSecond: 3000, messageBurst: 50)
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, configuration: configuration, notices: NoticeLog())
+            try await withThrowingTaskGroup(of: EchoResult.self) { group in
+                for index in 0..<3 {
+                    group.addTask { try await echoThrough(port: handle.port, bytes: 1 << 20, seed: UInt64(40 + index)) }
+                }
+                for try await result in group {
+                    #expect(result.received == result.sent)
+                    #expect(result.receivedSHA256 == result.sentSHA256)
+                }
+            }
+            try await handle.terminate()
+            _ = try await handle.ended.get()
+        }
+    }
+
     @Test("A WebSocket dropped by the service mid-transfer is resumed; 16 MiB arrive intact")
     func resumeAfterDrop() async throws {
         let echo = try await EchoServer()

@@ -134,6 +134,7 @@ struct ClientEndToEndTests {
                  "--document-name", "AWS-StartPortForwardingSession",
                  "--parameters", "{\"portNumber\":[\"\(echo.port)\"],\"localPortNumber\":[\"\(localPort)\"]}"],
                 environment: environment)
+            defer { session.cleanUp() }
             let waiting = await session.waitForOutput(containing: "Waiting for connections...", within: 60)
             #expect(waiting, "no 'Waiting for connections' from the plugin: \(session.text)")
             if waiting {
