@@ -54,11 +54,15 @@ final class TCPStreamBridge: ChannelInboundHandler, MuxStreamPeer {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let id = self.id else { return }
         var buffer = self.unwrapInboundIn(data)
+        if self.pending != nil {
+            // One read() can bring several channelReads; bytes already waiting go first, even when
+            // the stream has room again by now (the rate bucket refills with time).
+            self.pending!.writeBuffer(&buffer)
+            return
+        }
         let taken = self.connection.write(buffer, to: id)
         buffer.moveReaderIndex(forwardBy: min(taken, buffer.readableBytes))
-        if buffer.readableBytes > 0 {
-            if self.pending == nil { self.pending = buffer } else { self.pending!.writeBuffer(&buffer) }
-        }
+        if buffer.readableBytes > 0 { self.pending = buffer }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
