@@ -135,6 +135,22 @@ let package = Package(
             ],
             path: "Tests/TestSupport"
         ),
+        // `bash scripts/bench-sessions.sh`: one TCP stream through ssmgate and the in-process emulator, against raw TCP and the aws cap.
+        .executableTarget(
+            name: "SessionBenchmarks",
+            dependencies: [
+                "AWSClient",
+                "DataChannel",
+                "LocalSSM",
+                "Sessions",
+                "SigV4",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Benchmarks/SessionBenchmarks"
+        ),
         .testTarget(
             name: "SSMProtocolTests",
             dependencies: [
