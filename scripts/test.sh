@@ -10,6 +10,11 @@ log() { printf '\n==> %s\n' "$*"; }
 # Debian packages the tests use, as "command package" pairs; installed only when the command is missing.
 REQUIRED=(
     "git git"
+    "ssh openssh-client"
+    "scp openssh-client"
+    "ssh-keygen openssh-client"
+    "/usr/sbin/sshd openssh-server"
+    "rsync rsync"
 )
 
 ensure_packages() {
