@@ -27,6 +27,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
 
     /// Client versions at or above this get the mux session for LocalPortForwarding (agent rule, reference 6.6).
     static let muxClientVersion = "1.1.70"
+    /// Agents up to this release have no mux port sessions.
+    static let firstMuxAgentVersion = "3.0.196.0"
     /// Above this the agent turns smux keepalive off.
     static let keepAliveOffClientVersion = "1.2.331.0"
     /// Unacknowledged output the agent lets itself have before it stops reading destinations.
@@ -339,7 +341,11 @@ final class AgentSessionHandler: ChannelInboundHandler {
 
     func startPlugin() {
         self.phase = .running
-        if self.isMuxRequested, compareVersions(self.clientVersion, Self.muxClientVersion) >= 0 {
+        // Mux needs both a client that asks for it and an agent that has it (releases after
+        // 3.0.196.0, the version clients test for): an older simulated agent runs basic sessions.
+        if self.isMuxRequested, compareVersions(self.clientVersion, Self.muxClientVersion) >= 0,
+            compareVersions(self.task.instance.agentVersion, Self.firstMuxAgentVersion) > 0
+        {
             var configuration = SmuxConfiguration()
             configuration.keepAlive = compareVersions(self.clientVersion, Self.keepAliveOffClientVersion) > 0 ? nil : .smuxDefault
             self.plugin = .mux(SmuxSession(role: .server, configuration: configuration))

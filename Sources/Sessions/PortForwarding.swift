@@ -164,25 +164,24 @@ final class BasicPortBridge: DataChannelDelegate {
     }
 
     func accept(_ child: any Channel) {
-        if self.current == nil {
-            self.attach(child)
-        } else if self.waiting.count < Self.maximumWaiting {
-            self.waiting.append(child)
-        } else {
+        guard self.waiting.count < Self.maximumWaiting,
+            (try? child.pipeline.syncOperations.addHandler(BasicConnectionHandler(bridge: self))) != nil
+        else {
             child.close(promise: nil)
+            return
         }
+        if self.current == nil { self.current = child } else { self.waiting.append(child) }
     }
 
-    func attach(_ child: any Channel) {
-        self.current = child
-        let handler = BasicConnectionHandler(bridge: self)
-        do {
-            try child.pipeline.syncOperations.addHandler(handler)
-        } catch {
-            child.close(promise: nil)
-            self.current = nil
+    /// The next waiting connection (one still open) gets the byte stream.
+    func attachNext() {
+        while !self.waiting.isEmpty {
+            let child = self.waiting.removeFirst()
+            guard child.isActive else { continue }
+            self.current = child
+            child.read()
+            return
         }
-        child.read()
     }
 
     /// Called by the connection's handler with what the local side sent.
@@ -208,7 +207,7 @@ final class BasicPortBridge: DataChannelDelegate {
         self.current = nil
         self.pendingInput = nil
         self.channel.send(PortFlag.disconnectToPort.encoded(), type: .flag)
-        if !self.waiting.isEmpty { self.attach(self.waiting.removeFirst()) }
+        self.attachNext()
     }
 
     func terminate() {
@@ -249,6 +248,12 @@ final class BasicConnectionHandler: ChannelInboundHandler {
     let bridge: BasicPortBridge
 
     init(bridge: BasicPortBridge) { self.bridge = bridge }
+
+    func channelActive(context: ChannelHandlerContext) {
+        // Reads are manual (autoRead off): the first one once the socket is up.
+        if context.channel === self.bridge.current { context.read() }
+        context.fireChannelActive()
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.bridge.localData(self.unwrapInboundIn(data))

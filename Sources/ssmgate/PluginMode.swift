@@ -70,6 +70,9 @@ enum PluginMode {
             let outcome = try await SessionRun.run(context: context, response: started, target: target, notice: { Console.out($0) })
             switch outcome.error {
             case .none:
+                // Ended here: unlike the official plugin, tell the service, so the session does
+                // not hold the agent's destination until the idle timeout.
+                try? await context.ssm.terminateSession(sessionID: started.sessionID)
                 status = outcome.exitCode ?? 0
             case .closedByService(let output)?:
                 Console.out(output.isEmpty

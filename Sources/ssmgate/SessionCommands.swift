@@ -76,6 +76,9 @@ enum SessionCommandRunner {
                     return 1
                 }
             }
+            // Ended here (stdin EOF, Ctrl-C): tell the service, so the agent lets go of the
+            // destination now rather than at the idle timeout.
+            try? await context.ssm.terminateSession(sessionID: response.sessionID)
             return outcome.exitCode ?? 0
         } catch {
             Console.error("ssmgate: \(error)\n")

@@ -90,6 +90,51 @@ struct PortForwardingTests {
         }
     }
 
+    @Test("Frames dropped, duplicated, reordered and corrupted by the service: the client's channel heals them")
+    func lossyService() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        var spec = FaultSpec()
+        (spec.dropRate, spec.duplicateRate, spec.reorderRate, spec.corruptRate) = (0.01, 0.01, 0.01, 0.01)
+        let configuration = LocalSSMConfiguration(listenPort: 0, limits: .unlimited, faults: FaultConfiguration(seed: 11, global: spec))
+        try await withEmulator(configuration) { emulator in
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)", "localPortNumber": "0"])
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, notices: NoticeLog())
+            let result = try await echoThrough(port: handle.port, bytes: 256 << 10, seed: 5)
+            #expect(result.received == result.sent)
+            #expect(result.receivedSHA256 == result.sentSHA256)
+            let counts = try #require(emulator.server.mgs.relay(session.sessionID)).faultCounts
+            #expect(counts.dropped > 0 && counts.duplicated > 0 && counts.reordered > 0 && counts.corrupted > 0, "\(counts)")
+            let retransmissions = try await handle.loop.submit { handle.forwarder.value.channelStatistics.retransmissions }.get()
+            #expect(retransmissions > 0)
+            try await handle.terminate()
+            _ = try await handle.ended.get()
+        }
+    }
+
+    @Test("An agent too old for mux gets basic mode: connections take turns over the one byte stream")
+    func basicModeWithOldAgent() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        var configuration = LocalSSMConfiguration(listenPort: 0, limits: .unlimited)
+        configuration.instances[0].agentVersion = "3.0.196.0"
+        try await withEmulator(configuration) { emulator in
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)", "localPortNumber": "0"])
+            let notices = NoticeLog()
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, notices: notices)
+            for index in 0..<2 {
+                let result = try await echoThrough(port: handle.port, bytes: 256 << 10, seed: UInt64(20 + index))
+                #expect(result.received == result.sent)
+                #expect(result.receivedSHA256 == result.sentSHA256)
+            }
+            #expect(!notices.text.contains("Waiting for connections..."))  // the official client prints it in mux mode only
+            try await handle.terminate()
+            _ = try await handle.ended.get()
+        }
+    }
+
     @Test("A refused destination port is reported, and the session keeps serving")
     func refusedDestination() async throws {
         try await withEmulator { emulator in

@@ -160,6 +160,26 @@ struct ClientEndToEndTests {
         }
     }
 
+    @Test("install-plugin links session-manager-plugin to ssmgate, refuses to overwrite without --force")
+    func installPlugin() async throws {
+        let ssmgate = try ssmgateExecutable()
+        let scratch = try ScratchDirectory("install")
+        defer { scratch.remove() }
+        var result = try await run(ssmgate, ["install-plugin", scratch.path], environment: ProcessInfo.processInfo.environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let link = scratch.file("session-manager-plugin")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == URL(fileURLWithPath: ssmgate).resolvingSymlinksInPath().path)
+        result = try await run(link, ["--version"], environment: [:])
+        #expect(result.stdout == "1.2.707.0\n")
+        result = try await run(link, [], environment: [:])
+        #expect(result.stdout.contains("The Session Manager plugin was installed successfully"))
+        result = try await run(ssmgate, ["install-plugin", scratch.path], environment: ProcessInfo.processInfo.environment)
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("--force"))
+        result = try await run(ssmgate, ["install-plugin", "--force", scratch.path], environment: ProcessInfo.processInfo.environment)
+        #expect(result.status == 0)
+    }
+
     @Test("A shell on a terminal: runs a command, follows a resize, exits with the command's status")
     func shellOnPseudoTerminal() async throws {
         let ssmgate = try ssmgateExecutable()
