@@ -343,8 +343,9 @@ public final class LocalEmulator: Sendable {
         }
         self.agents.withLock { $0 = started }
         // Ready when every agent holds its control channel. MGS sends no answer to the open frame, so this
-        // polls, bounded at 2 s: a broken agent must not hang start-up (its instance then shows ConnectionLost).
-        for _ in 0..<200 {
+        // polls, bounded at 20 s (a loaded machine can take seconds): a broken agent must not hang start-up
+        // (its instance then shows ConnectionLost).
+        for _ in 0..<2000 {
             if started.allSatisfy({ self.server.mgs.isAgentConnected($0.instance.id) }) { return }
             try await Task.sleep(for: .milliseconds(10))  // start-up readiness poll, not pacing
         }
