@@ -77,6 +77,12 @@ enum WebSocketDialer {
             channel.closeFuture.whenComplete { _ in
                 upgraded.fail(DataChannelError.connectFailed(endpoint: endpoint.description, reason: "connection closed during the WebSocket upgrade"))
             }
+            // A service that accepts the connection but never answers the upgrade must not stall a reconnect.
+            let timeout = eventLoop.scheduleTask(in: connectTimeout) {
+                upgraded.fail(DataChannelError.connectFailed(endpoint: endpoint.description, reason: "no answer to the WebSocket upgrade"))
+                channel.close(promise: nil)
+            }
+            upgraded.futureResult.whenComplete { _ in timeout.cancel() }
             return upgraded.futureResult.map { channel }.flatMapError { error in
                 channel.close(promise: nil)
                 if let error = error as? DataChannelError { return eventLoop.makeFailedFuture(error) }

@@ -317,10 +317,16 @@ final class SessionRelay: Sendable {
     }
 
     func dropSide(_ role: SessionRegistry.Role) -> Bool {
+        // Forget the socket before closing it: frames arriving meanwhile are held for the
+        // reconnect instead of being written into a closing socket and lost.
         let channel = self.state.withLock { state -> (any Channel)? in
             switch role {
-            case .client: return state.client.channel
-            case .agent: return state.agent.channel
+            case .client:
+                defer { state.client.channel = nil }
+                return state.client.channel
+            case .agent:
+                defer { state.agent.channel = nil }
+                return state.agent.channel
             }
         }
         channel?.close(promise: nil)
