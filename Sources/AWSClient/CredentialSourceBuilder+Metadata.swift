@@ -58,7 +58,7 @@ extension CredentialSourceBuilder {
                 throw error
             } catch {
                 lastError = "\(error)"
-                if attempt < 3 { try await Task.sleep(for: .milliseconds(200)) }
+                if attempt < 3 { try await Task.sleep(for: .milliseconds(200)) }  // retry backoff
             }
         }
         throw AWSCredentialsError(

@@ -20,7 +20,6 @@ enum WebSocketDialer {
         maximumFrameSize: Int,
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<any Channel> {
-        let upgraded = eventLoop.makePromise(of: Void.self)
         let address: SocketAddress
         do {
             address = try Self.resolve(host: endpoint.host, port: endpoint.port)
@@ -38,6 +37,7 @@ enum WebSocketDialer {
             tls = nil
         }
         let serverName = (try? SocketAddress(ipAddress: endpoint.host, port: 0)) == nil ? endpoint.host : nil
+        let upgraded = eventLoop.makePromise(of: Void.self)
         let connected = ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -67,7 +67,9 @@ enum WebSocketDialer {
             }
             .connect(to: address)
         return connected.flatMapError { error in
-            eventLoop.makeFailedFuture(DataChannelError.connectFailed(endpoint: endpoint.description, reason: Self.describe(error)))
+            let failure = DataChannelError.connectFailed(endpoint: endpoint.description, reason: Self.describe(error))
+            upgraded.fail(failure)  // the promise must complete either way
+            return eventLoop.makeFailedFuture(failure)
         }.flatMap { channel in
             var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: endpoint.requestTarget)
             head.headers.add(name: "Host", value: endpoint.hostHeader)

@@ -26,15 +26,21 @@ enum LoopbackClient {
         method: HTTPMethod = .POST
     ) async throws -> (status: Int, body: String) {
         let promise = group.next().makePromise(of: (Int, String).self)
-        let channel = try await ClientBootstrap(group: group)
-            .connectTimeout(.seconds(10))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(10))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+                    }
                 }
-            }
-            .connect(to: SocketAddress.resolvedWithoutDispatch(host: host, port: port)).get()
+                .connect(to: SocketAddress.resolvedWithoutDispatch(host: host, port: port)).get()
+        } catch {
+            promise.fail(error)  // NIO traps on a leaked promise
+            throw error
+        }
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "Host", value: "\(host):\(port)")
         head.headers.add(name: "Content-Length", value: String(body.readableBytes))
@@ -77,7 +83,7 @@ enum LoopbackClient {
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) async throws -> any Channel {
         let upgraded = group.next().makePromise(of: Void.self)
-        let channel = try await ClientBootstrap(group: group)
+        let connecting = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 let upgrader = NIOWebSocketClientUpgrader(
@@ -101,7 +107,14 @@ enum LoopbackClient {
                     try channel.pipeline.syncOperations.addHandler(refusal, name: UpgradeRefusalDetector.name)
                 }
             }
-            .connect(to: SocketAddress.resolvedWithoutDispatch(host: host, port: port)).get()
+        let channel: any Channel
+        do {
+            channel = try await connecting.connect(to: SocketAddress.resolvedWithoutDispatch(host: host, port: port)).get()
+        } catch {
+            // The upgrade promise must complete either way (NIO traps on a leaked promise).
+            upgraded.fail(error)
+            throw error
+        }
         var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: uri)
         head.headers.add(name: "Host", value: "\(host):\(port)")
         for (name, value) in headers { head.headers.add(name: name, value: value) }
