@@ -102,11 +102,17 @@ struct ClientEndToEndTests {
                 try await Task.sleep(for: .milliseconds(20))
             }
             #expect(dropped, "the transfer never reached a quarter of the file")
+            // The client resumes while the copy goes on (the session is terminated once scp ends).
+            var reconnected = false
+            let session = try #require(emulator.server.registry.sessions.max(by: { $0.startDate < $1.startDate }))
+            while dropped, !reconnected, Date() < deadline {
+                reconnected = ((try? emulator.server.mgs.attachCount(sessionID: session.id).client) ?? 0) >= 2
+                if !reconnected { try await Task.sleep(for: .milliseconds(20)) }
+            }
             let result = try await copy.value
             #expect(result.status == 0, "scp: \(result.stderr)")
             #expect(try sha256(ofFile: destination) == original)
-            let session = try #require(emulator.server.registry.sessions.max(by: { $0.startDate < $1.startDate }))
-            #expect(try emulator.server.mgs.attachCount(sessionID: session.id).client >= 2, "the client did not reconnect")
+            #expect(reconnected, "the client did not reconnect")
         }
     }
 
