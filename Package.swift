@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Wire layer: AgentMessage, payloads, handshake and smux frames. Pure codecs, no I/O.
@@ -91,6 +93,41 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // libssh's server API (Debian libssh-dev) for the gateway's SSH front.
+        .systemLibrary(
+            name: "CLibSSH",
+            pkgConfig: "libssh",
+            providers: [.apt(["libssh-dev"])]
+        ),
+        // Bounded byte rings between a foreign thread (a libssh session) and an event loop, with wake-ups.
+        .target(
+            name: "Relay",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // `ssmgate serve`: fronts (SSH, SOCKS5, HTTP CONNECT, forwards, daemon socket), Router, Pool,
+        // access rules, audit, metrics, configuration.
+        .target(
+            name: "Gateway",
+            dependencies: [
+                "AWSClient",
+                "CLibSSH",
+                "DataChannel",
+                "LocalSSM",
+                "Relay",
+                "Sessions",
+                "SSMProtocol",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .executableTarget(
             name: "ssmgate",
             dependencies: [
@@ -99,6 +136,7 @@ let package = Package(
                 "AWSClient",
                 "DataChannel",
                 "Sessions",
+                "Gateway",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -207,6 +245,19 @@ let package = Package(
                 "TestSupport",
                 "LocalSSM",
                 "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // The gateway with real ssh/scp/rsync/sftp, psql and curl against the emulator.
+        .testTarget(
+            name: "GatewayTests",
+            dependencies: [
+                "TestSupport",
+                "Gateway",
+                "LocalSSM",
+                "Relay",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
