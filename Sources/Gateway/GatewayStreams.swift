@@ -73,7 +73,7 @@ public struct StreamOpenError: Error, Sendable, CustomStringConvertible {
 /// Every call happens on `eventLoop`; so do the delegate's callbacks.
 public protocol DestinationStream: AnyObject {
     var eventLoop: any EventLoop { get }
-    /// Set once, right after the stream is handed out.
+    /// Set once, right after the stream is handed out; held weakly (the front owns the stream).
     var delegate: (any DestinationStreamDelegate)? { get set }
     /// Queues bytes toward the destination; returns how many were taken. Fewer than offered means
     /// the stream's bounded buffer is full: keep the rest and wait for `destinationWritable`.
@@ -83,6 +83,8 @@ public protocol DestinationStream: AnyObject {
     func finishWriting()
     /// The front is gone: close now, drop what is queued.
     func abort()
+    /// The front can take bytes again after `destinationCanReceive` was false.
+    func resumeReceiving()
     /// What the route resolved to, for audit lines: target id, document, session id.
     var routeDescription: RouteDescription { get }
 }

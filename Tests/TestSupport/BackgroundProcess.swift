@@ -1,5 +1,4 @@
 import Foundation
-import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -7,11 +6,11 @@ import Glibc
 
 /// A long-running child (awscli start-session, ssmgate forward) in a session of its own, with its
 /// output going to a file, so a test can wait for a line and signal the whole process group.
-final class BackgroundProcess: Sendable {
-    let pid: pid_t
-    let log: String
+public final class BackgroundProcess: Sendable {
+    public let pid: pid_t
+    public let log: String
 
-    init(_ executable: String, _ arguments: [String], environment: [String: String]) throws {
+    public init(_ executable: String, _ arguments: [String], environment: [String: String]) throws {
         self.log = FileManager.default.temporaryDirectory.appendingPathComponent("ssmgate-bg-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log").path
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -33,15 +32,15 @@ final class BackgroundProcess: Sendable {
         self.pid = pid
     }
 
-    var text: String { (try? String(contentsOfFile: self.log, encoding: .utf8)) ?? "" }
+    public var text: String { (try? String(contentsOfFile: self.log, encoding: .utf8)) ?? "" }
 
-    var isRunning: Bool {
+    public var isRunning: Bool {
         var status: Int32 = 0
         return waitpid(self.pid, &status, WNOHANG) == 0
     }
 
     /// Waits (bounded) until the output contains `needle`.
-    func waitForOutput(containing needle: String, within seconds: Double) async -> Bool {
+    public func waitForOutput(containing needle: String, within seconds: Double) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if self.text.contains(needle) { return true }
@@ -51,12 +50,12 @@ final class BackgroundProcess: Sendable {
     }
 
     /// Sends `signal` to the whole group.
-    func signalGroup(_ signal: CInt) {
+    public func signalGroup(_ signal: CInt) {
         kill(-self.pid, signal)
     }
 
     /// Waits for the exit status (bounded); kills the group if it does not come.
-    func waitForExit(within seconds: Double) async -> Int32? {
+    public func waitForExit(within seconds: Double) async -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
         var status: Int32 = 0
         while Date() < deadline {
@@ -71,7 +70,7 @@ final class BackgroundProcess: Sendable {
     }
 
     /// Kills what is left (the test ended early) and removes the log.
-    func cleanUp() {
+    public func cleanUp() {
         self.signalGroup(SIGKILL)
         var status: Int32 = 0
         _ = waitpid(self.pid, &status, WNOHANG)

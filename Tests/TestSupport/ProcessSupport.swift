@@ -3,14 +3,13 @@ import Foundation
 import NIOCore
 import NIOPosix
 import SSMProtocol
-import TestSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The `ssmgate` executable built beside this test bundle.
-func ssmgateExecutable() throws -> String {
+public func ssmgateExecutable() throws -> String {
     let directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     for candidate in [directory, directory.deletingLastPathComponent()] {
         let path = candidate.appendingPathComponent("ssmgate").path
@@ -22,22 +21,22 @@ func ssmgateExecutable() throws -> String {
 }
 
 /// A scratch directory removed at the end.
-final class ScratchDirectory: Sendable {
-    let path: String
+public final class ScratchDirectory: Sendable {
+    public let path: String
 
-    init(_ name: String) throws {
+    public init(_ name: String) throws {
         self.path = FileManager.default.temporaryDirectory.appendingPathComponent("ssmgate-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: true)
     }
 
-    func file(_ name: String) -> String { "\(self.path)/\(name)" }
+    public func file(_ name: String) -> String { "\(self.path)/\(name)" }
 
-    func remove() { try? FileManager.default.removeItem(atPath: self.path) }
+    public func remove() { try? FileManager.default.removeItem(atPath: self.path) }
 }
 
 /// Writes `bytes` deterministic pseudo-random bytes and returns their SHA-256.
 @discardableResult
-func writeRandomFile(_ path: String, bytes: Int, seed: UInt64) throws -> String {
+public func writeRandomFile(_ path: String, bytes: Int, seed: UInt64) throws -> String {
     _ = FileManager.default.createFile(atPath: path, contents: nil)
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
     defer { try? handle.close() }
@@ -59,7 +58,7 @@ func writeRandomFile(_ path: String, bytes: Int, seed: UInt64) throws -> String 
     return hash.finalize().map { String(format: "%02x", $0) }.joined()
 }
 
-func sha256(ofFile path: String) throws -> String {
+public func sha256(ofFile path: String) throws -> String {
     let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
     defer { try? handle.close() }
     var hash = SHA256()
@@ -67,19 +66,19 @@ func sha256(ofFile path: String) throws -> String {
     return hash.finalize().map { String(format: "%02x", $0) }.joined()
 }
 
-func fileSize(_ path: String) -> Int {
+public func fileSize(_ path: String) -> Int {
     ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
 }
 
 /// A port nobody listens on right now (bound, then released).
-func freePort() async throws -> Int {
+public func freePort() async throws -> Int {
     let socket = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
     let port = socket.localAddress!.port!
     try await socket.close()
     return port
 }
 
-func waitForPort(_ port: Int, within seconds: Double) async -> Bool {
+public func waitForPort(_ port: Int, within seconds: Double) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get() {
@@ -92,14 +91,14 @@ func waitForPort(_ port: Int, within seconds: Double) async -> Bool {
 }
 
 /// A real OpenSSH server on a loopback port, with its own host key and one authorized user key.
-final class SSHServer: Sendable {
-    let directory: ScratchDirectory
-    let port: Int
-    let process: SpawnedDaemon
-    let userKey: String
-    let user: String
+public final class SSHServer: Sendable {
+    public let directory: ScratchDirectory
+    public let port: Int
+    public let process: SpawnedDaemon
+    public let userKey: String
+    public let user: String
 
-    static func start(keyType: String = "ed25519") async throws -> SSHServer {
+    public static func start(keyType: String = "ed25519") async throws -> SSHServer {
         guard let sshd = findExecutable("sshd"), let keygen = findExecutable("ssh-keygen") else { throw ToolMissing(tool: "openssh-server") }
         let directory = try ScratchDirectory("sshd")
         let environment = ProcessInfo.processInfo.environment
@@ -134,7 +133,7 @@ final class SSHServer: Sendable {
         return server
     }
 
-    init(directory: ScratchDirectory, port: Int, process: SpawnedDaemon, userKey: String, user: String) {
+    public init(directory: ScratchDirectory, port: Int, process: SpawnedDaemon, userKey: String, user: String) {
         self.directory = directory
         self.port = port
         self.process = process
@@ -142,13 +141,13 @@ final class SSHServer: Sendable {
         self.user = user
     }
 
-    func stop() {
+    public func stop() {
         self.process.stop()
         self.directory.remove()
     }
 
     /// ssh/scp options: our key, no host-key prompts, and (when given) ssmgate as ProxyCommand.
-    func clientOptions(proxy: String?) -> [String] {
+    public func clientOptions(proxy: String?) -> [String] {
         var options = [
             "-F", "/dev/null", "-i", self.userKey, "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
