@@ -103,6 +103,12 @@ public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
     public var key: String
     public var problem: String
 
+    public init(file: String, key: String, problem: String) {
+        self.file = file
+        self.key = key
+        self.problem = problem
+    }
+
     public var description: String { "\(self.file): \(self.key.isEmpty ? "" : "'\(self.key)': ")\(self.problem)" }
 }
 
@@ -240,7 +246,8 @@ extension LocalSSMConfiguration {
     }
 }
 
-func parseHostPort(_ text: String) -> (String, Int)? {
+/// `host:port`, `[v6]:port`; nil when malformed.
+public func parseHostPort(_ text: String) -> (String, Int)? {
     guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
         return nil
     }
@@ -251,14 +258,16 @@ func parseHostPort(_ text: String) -> (String, Int)? {
 }
 
 /// Typed access to a composed YAML tree, with errors that carry the file, key and line.
-struct YAMLReader {
-    let file: String
+public struct YAMLReader: Sendable {
+    public init(file: String) { self.file = file }
 
-    func error(_ key: String, _ node: Node, _ problem: String) -> ConfigurationError {
+    public let file: String
+
+    public func error(_ key: String, _ node: Node, _ problem: String) -> ConfigurationError {
         ConfigurationError(file: "\(self.file):\(node.mark?.line ?? 0)", key: key, problem: problem)
     }
 
-    func mapping(_ node: Node, key: String) throws(ConfigurationError) -> [(String, Node)] {
+    public func mapping(_ node: Node, key: String) throws(ConfigurationError) -> [(String, Node)] {
         guard case .mapping(let mapping) = node else { throw self.error(key, node, "expected a mapping (key: value lines)") }
         var result: [(String, Node)] = []
         for (name, value) in mapping {
@@ -268,24 +277,24 @@ struct YAMLReader {
         return result
     }
 
-    func sequence(_ node: Node, key: String) throws(ConfigurationError) -> [Node] {
+    public func sequence(_ node: Node, key: String) throws(ConfigurationError) -> [Node] {
         guard case .sequence(let sequence) = node else { throw self.error(key, node, "expected a list (lines starting with '-')") }
         return Array(sequence)
     }
 
-    func string(_ node: Node, key: String) throws(ConfigurationError) -> String {
+    public func string(_ node: Node, key: String) throws(ConfigurationError) -> String {
         guard case .scalar(let scalar) = node else { throw self.error(key, node, "expected a single value") }
         return scalar.string
     }
 
     /// `null`, `~` or nothing: "not set" (JSON bodies of the admin endpoint use `null`).
-    func isNull(_ node: Node) -> Bool {
+    public func isNull(_ node: Node) -> Bool {
         guard case .scalar(let scalar) = node else { return false }
         return ["null", "~", ""].contains(scalar.string)
     }
 
     /// One of an enumeration's raw values; the error lists them all.
-    func choice<T: RawRepresentable & CaseIterable>(_ node: Node, key: String, as: T.Type) throws(ConfigurationError) -> T
+    public func choice<T: RawRepresentable & CaseIterable>(_ node: Node, key: String, as: T.Type) throws(ConfigurationError) -> T
     where T.RawValue == String {
         let text = try self.string(node, key: key)
         guard let value = T(rawValue: text) else {
@@ -296,7 +305,7 @@ struct YAMLReader {
         return value
     }
 
-    func integer(_ node: Node, key: String, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+    public func integer(_ node: Node, key: String, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         let text = try self.string(node, key: key)
         guard let value = Int(text), range.contains(value) else {
             throw self.error(key, node, "is '\(text)'; expected a whole number from \(range.lowerBound) to \(range.upperBound)")
@@ -305,7 +314,7 @@ struct YAMLReader {
     }
 
     /// A fraction of frames: 0 to 1 (`0.01` is one frame in a hundred).
-    func fraction(_ node: Node, key: String) throws(ConfigurationError) -> Double {
+    public func fraction(_ node: Node, key: String) throws(ConfigurationError) -> Double {
         let text = try self.string(node, key: key)
         guard let value = Double(text), value >= 0, value <= 1 else {
             throw self.error(key, node, "is '\(text)'; expected a fraction from 0 to 1, e.g. 0.01")
@@ -313,14 +322,14 @@ struct YAMLReader {
         return value
     }
 
-    func requiredString(_ mapping: [(String, Node)], _ name: String, in key: String) throws(ConfigurationError) -> String {
+    public func requiredString(_ mapping: [(String, Node)], _ name: String, in key: String) throws(ConfigurationError) -> String {
         guard let node = mapping[name] else {
             throw ConfigurationError(file: self.file, key: "\(key).\(name)", problem: "is missing")
         }
         return try self.string(node, key: "\(key).\(name)")
     }
 
-    func allowOnly(_ names: Set<String>, in mapping: [(String, Node)], key: String) throws(ConfigurationError) {
+    public func allowOnly(_ names: Set<String>, in mapping: [(String, Node)], key: String) throws(ConfigurationError) {
         for (name, node) in mapping where !names.contains(name) {
             let path = key.isEmpty ? name : "\(key).\(name)"
             throw self.error(path, node, "unknown key; expected one of \(names.sorted().joined(separator: ", "))")
@@ -329,5 +338,5 @@ struct YAMLReader {
 }
 
 extension Array where Element == (String, Node) {
-    subscript(name: String) -> Node? { self.first { $0.0 == name }?.1 }
+    public subscript(name: String) -> Node? { self.first { $0.0 == name }?.1 }
 }

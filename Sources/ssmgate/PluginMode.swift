@@ -1,3 +1,4 @@
+import Gateway
 import AWSClient
 import DataChannel
 import Foundation
@@ -55,9 +56,9 @@ enum PluginMode {
             Console.error("session-manager-plugin: the StartSession request has no Target; run it through `aws ssm start-session --target …`.\n")
             return 1
         }
-        let context: ClientContext
+        let context: AWSContext
         do {
-            context = try ClientContext(
+            context = try AWSContext(
                 profile: (profile?.isEmpty ?? true) ? nil : profile, region: region,
                 endpointURL: (endpoint?.isEmpty ?? true) ? nil : endpoint)
         } catch {

@@ -1,3 +1,4 @@
+import Gateway
 import AWSClient
 import ArgumentParser
 import DataChannel
@@ -18,9 +19,9 @@ struct AWSOptions: ParsableArguments {
     @Option(name: .long, help: "A file of `alias instance-id` lines (default ~/.config/ssmgate/aliases).")
     var aliases: String?
 
-    func context() throws -> ClientContext {
+    func context() throws -> AWSContext {
         do {
-            return try ClientContext(profile: self.profile, region: self.region, endpointURL: self.endpointURL)
+            return try AWSContext(profile: self.profile, region: self.region, endpointURL: self.endpointURL)
         } catch {
             throw CommandFailure(message: "\(error)", exitCode: 2)
         }
@@ -40,7 +41,7 @@ enum SessionCommandRunner {
         options: AWSOptions, host: String, documentName: String?, parameters: [String: [String]], reason: String?,
         notice: @escaping NoticeSink, announce: ((String) -> Void)? = nil
     ) async -> Int32 {
-        let context: ClientContext
+        let context: AWSContext
         do {
             context = try options.context()
         } catch {
@@ -56,7 +57,7 @@ enum SessionCommandRunner {
     }
 
     static func run(
-        context: ClientContext, options: AWSOptions, host: String, documentName: String?, parameters: [String: [String]],
+        context: AWSContext, options: AWSOptions, host: String, documentName: String?, parameters: [String: [String]],
         reason: String?, notice: @escaping NoticeSink, announce: ((String) -> Void)?
     ) async -> Int32 {
         do {

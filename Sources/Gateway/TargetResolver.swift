@@ -2,26 +2,26 @@ import AWSClient
 import Foundation
 
 /// Turns what a user typed (an instance id, an alias, a Name tag) into a managed-node id.
-struct TargetResolver {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+public struct TargetResolver: Sendable {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    let context: ClientContext
-    let aliases: [String: String]
+    let context: AWSContext
+    public let aliases: [String: String]
 
-    init(context: ClientContext, aliasFile: String? = nil) throws {
+    public init(context: AWSContext, aliasFile: String? = nil) throws {
         self.context = context
         self.aliases = try Self.loadAliases(aliasFile)
     }
 
-    static func isInstanceID(_ text: String) -> Bool {
+    public static func isInstanceID(_ text: String) -> Bool {
         let parts = text.split(separator: "-", maxSplits: 1)
         guard parts.count == 2, parts[0] == "i" || parts[0] == "mi" else { return false }
         return (8...17).contains(parts[1].count) && parts[1].allSatisfy { $0.isHexDigit && !$0.isUppercase }
     }
 
-    func resolve(_ host: String) async throws -> String {
+    public func resolve(_ host: String) async throws -> String {
         if Self.isInstanceID(host) { return host }
         if let target = self.aliases[host] { return target }
         let instances = try await self.context.ec2.describeInstances(
@@ -38,7 +38,7 @@ struct TargetResolver {
     }
 
     /// `~/.config/ssmgate/aliases`: one `name target` (or `name: target`) per line, `#` comments.
-    static func loadAliases(_ file: String?) throws -> [String: String] {
+    public static func loadAliases(_ file: String?) throws -> [String: String] {
         let home = ProcessInfo.processInfo.environment["HOME"] ?? NSHomeDirectory()
         let path = file ?? ProcessInfo.processInfo.environment["SSMGATE_ALIASES"] ?? "\(home)/.config/ssmgate/aliases"
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
