@@ -15,13 +15,16 @@ REQUIRED=(
     "ssh-keygen openssh-client"
     "/usr/sbin/sshd openssh-server"
     "rsync rsync"
+    "curl curl"
+    "psql postgresql-client"
+    "/usr/lib/postgresql postgresql"
 )
 
 ensure_packages() {
     local missing=() entry
     for entry in "${REQUIRED[@]}"; do
         set -- $entry
-        command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+        if [ "${1#/}" != "$1" ]; then [ -e "$1" ] || missing+=("$2"); else command -v "$1" >/dev/null 2>&1 || missing+=("$2"); fi
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing ${missing[*]}"
@@ -56,6 +59,7 @@ ensure_awscli() {
 }
 
 ensure_packages
+bash scripts/ensure-libssh.sh
 ensure_awscli
 [ -x .build-venv/bin/aws ] && export PATH="$PWD/.build-venv/bin:$PATH"
 command -v swift >/dev/null || { echo "swift is not on PATH: install Swift 6.1 or later (https://swift.org/install)" >&2; exit 1; }

@@ -46,6 +46,8 @@ public struct GatewayConfiguration: Sendable {
     /// Run the emulator in-process and use it (`--local`).
     public var local = false
     public var localLimits = "aws"
+    /// The embedded emulator's own settings (instances, credentials); nil: its defaults.
+    public var localConfiguration: LocalSSMConfiguration?
     public var router = Router.Configuration()
     public var forwards: [Forward] = []
     public var pool = PoolSettings()
@@ -59,8 +61,9 @@ public struct GatewayConfiguration: Sendable {
 
     public init() {}
 
-    /// `$XDG_RUNTIME_DIR/ssmgate.sock`, else `~/.ssmgate/daemon.sock`.
+    /// `SSMGATE_DAEMON_SOCKET`, else `$XDG_RUNTIME_DIR/ssmgate.sock`, else `~/.ssmgate/daemon.sock`.
     public static func defaultDaemonSocket(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let explicit = environment["SSMGATE_DAEMON_SOCKET"], !explicit.isEmpty { return explicit }
         if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/ssmgate.sock" }
         return defaultStateDirectory(environment: environment) + "/daemon.sock"
     }

@@ -128,16 +128,16 @@ final class SessionPool {
         case .mux:
             break
         }
-        let live = state.channels.filter { !$0.closed }
-        let best = live.min { $0.streams < $1.streams }
-        if let best, best.streams < self.settings.streamsPerSession {
-            return self.loop.makeSucceededFuture(self.attach(to: best))
-        }
-        if let best {
-            // Every session is at its cap: this connection goes on the least-loaded one now (no wait),
-            // and another session warms up for the next ones.
-            self.startChannels(route: route, state: state, wanted: 1, user: user)
-            return self.loop.makeSucceededFuture(self.attach(to: best))
+        let live = state.channels.filter { !$0.closed && !$0.mux.isClosed }
+        if let best = live.min(by: { $0.streams < $1.streams }) {
+            if best.streams >= self.settings.streamsPerSession {
+                // Every session is at its cap: this connection goes on the least-loaded one now (no
+                // wait), and another session warms up for the next ones.
+                self.startChannels(route: route, state: state, wanted: 1, user: user)
+            }
+            if let stream = self.attach(to: best) { return self.loop.assumeIsolated().makeSucceededFuture(stream) }
+            // The session ended under us: forget it and try again.
+            return self.open(route: route, user: user)
         }
         guard state.waiters.count < self.settings.maximumWaiting else {
             return self.loop.makeFailedFuture(StreamOpenError(.unavailable, "Too many connections are waiting for a session to \(route); try again shortly."))
@@ -153,12 +153,15 @@ final class SessionPool {
         return promise.futureResult
     }
 
-    func attach(to channel: PooledChannel) -> any DestinationStream {
+    /// A new smux stream on `channel`; nil (and the channel is dropped) when the session has ended.
+    func attach(to channel: PooledChannel) -> (any DestinationStream)? {
         let stream = PooledStream(channel: channel, linger: self.settings.linger)
         do {
             stream.id = try channel.mux.openStream(peer: stream)
         } catch {
-            stream.finished = true
+            channel.closed = true
+            self.routes[channel.route]?.channels.removeAll { $0 === channel }
+            return nil
         }
         channel.streams += 1
         channel.idleTask?.cancel()
@@ -227,6 +230,7 @@ final class SessionPool {
             self.metrics.pooledSessions(self.pooledSessionCount)
             self.logger.info("session ready", metadata: ["route": "\(route)", "session": "\(sessionID)", "pooled": "\(state.channels.count)"])
             self.serveWaiters(state)
+            self.scheduleIdleClose(pooled)
         case .failure(let error):
             self.metrics.sessionFailed()
             if case .mux = state.mode, route.remoteHost == nil, route.port == 22, Self.isAccessDenied(error) {
@@ -236,7 +240,7 @@ final class SessionPool {
                 let waiters = state.waiters
                 state.waiters = []
                 for waiter in waiters {
-                    waiter.promise.completeWith(self.openDedicated(route: route, mode: .sshDocument, user: waiter.user))
+                    self.openDedicated(route: route, mode: .sshDocument, user: waiter.user).assumeIsolated().whenComplete { waiter.promise.assumeIsolated().completeWith($0) }
                 }
                 return
             }
@@ -250,11 +254,11 @@ final class SessionPool {
     /// Waiting connections go to the least-loaded sessions as they become ready.
     func serveWaiters(_ state: RouteState) {
         while !state.waiters.isEmpty {
-            let live = state.channels.filter { !$0.closed }
+            let live = state.channels.filter { !$0.closed && !$0.mux.isClosed }
             guard let best = live.min(by: { $0.streams < $1.streams }) else { return }
             if best.streams >= self.settings.streamsPerSession, state.starting > 0 { return }
-            let waiter = state.waiters.removeFirst()
-            waiter.promise.succeed(self.attach(to: best))
+            guard let stream = self.attach(to: best) else { continue }
+            state.waiters.removeFirst().promise.assumeIsolated().succeed(stream)
         }
     }
 
@@ -266,6 +270,11 @@ final class SessionPool {
 
     func channelBecameLess(loaded channel: PooledChannel) {
         self.metrics.streamClosed()
+        self.scheduleIdleClose(channel)
+    }
+
+    /// An unused session closes after `idleTimeout` unless a stream comes first.
+    func scheduleIdleClose(_ channel: PooledChannel) {
         guard channel.streams == 0, !channel.closed, channel.idleTask == nil else { return }
         channel.idleTask = self.loop.assumeIsolated().scheduleTask(in: self.settings.idleTimeout) {
             guard channel.streams == 0, !channel.closed else { return }
@@ -342,7 +351,7 @@ final class SessionPool {
                         switch outcome {
                         case .success:
                             self.metrics.streamOpened(pooled: false)
-                            promise.succeed(stream)
+                            promise.assumeIsolated().succeed(stream)
                         case .failure(let error):
                             // The stream's end handler already gave the session back.
                             self.metrics.sessionFailed()
@@ -375,9 +384,9 @@ final class SessionPool {
         }
         channel.delegate = stream
         self.metrics.streamOpened(pooled: false)
-        waiters.removeFirst().promise.succeed(stream)
+        waiters.removeFirst().promise.assumeIsolated().succeed(stream)
         for waiter in waiters {
-            waiter.promise.completeWith(self.openDedicated(route: route, mode: .basic, user: waiter.user))
+            self.openDedicated(route: route, mode: .basic, user: waiter.user).assumeIsolated().whenComplete { waiter.promise.assumeIsolated().completeWith($0) }
         }
     }
 
@@ -427,7 +436,7 @@ final class StartWaiter: DataChannelDelegate {
         channel.delegate = self
         // The channel holds its delegate weakly: keep this waiter alive until the outcome is known.
         let retained = self
-        self.promise.futureResult.whenComplete { _ in _ = retained }
+        self.promise.futureResult.assumeIsolated().whenComplete { _ in _ = retained }
     }
 
     func dataChannel(_ channel: DataChannel, didStart session: StartedSession) {

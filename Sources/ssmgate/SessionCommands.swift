@@ -96,9 +96,14 @@ struct ProxyCommand: AsyncParsableCommand {
             In ~/.ssh/config:
               Host i-* mi-*
                 ProxyCommand ssmgate proxy %h %p
-            HOST is an instance id (i-…, mi-…), an alias, or a Name tag. Uses AWS-StartSSHSession.
+            HOST is an instance id (i-…, mi-…), an alias, or a Name tag. When an `ssmgate serve` daemon runs \
+            (its socket: SSMGATE_DAEMON_SOCKET, $XDG_RUNTIME_DIR/ssmgate.sock or ~/.ssmgate/daemon.sock), the \
+            connection uses its warm pool; otherwise this starts its own AWS-StartSSHSession.
             """
     )
+
+    @Flag(name: .customLong("no-daemon"), help: "Always start a session of its own, even when a daemon runs.")
+    var noDaemon = false
 
     @OptionGroup var aws: AWSOptions
 
@@ -113,6 +118,18 @@ struct ProxyCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if !self.noDaemon {
+            let path = GatewayConfiguration.defaultDaemonSocket()
+            switch DaemonSocketClient.run(path: path, host: self.host, port: self.port) {
+            case .finished:
+                return
+            case .refused(let message):
+                Console.error("ssmgate proxy: \(message)\n")
+                throw ExitCode(1)
+            case .noDaemon:
+                break
+            }
+        }
         // stdout is the SSH stream: every message goes to stderr, and only when something fails.
         let status = await SessionCommandRunner.run(
             options: self.aws, host: self.host, documentName: "AWS-StartSSHSession",
