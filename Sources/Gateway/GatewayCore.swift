@@ -54,7 +54,7 @@ public final class GatewayCore: GatewayServices {
     let router: Router
     let logger: Logger
     let state: NIOLockedValueBox<(users: UserDirectory, pool: PoolSettings)>
-    let pool: NIOLoopBound<SessionPool>
+    let pool: NIOLoopBoundBox<SessionPool>
 
     init(loop: any EventLoop, router: Router, users: UserDirectory, poolSettings: PoolSettings, starter: (@Sendable (@escaping @Sendable () -> UserDirectory) -> any SessionStarting),
          metrics: GatewayMetrics, audit: AuditLog, logger: Logger) {
@@ -66,7 +66,7 @@ public final class GatewayCore: GatewayServices {
         let state = NIOLockedValueBox((users: users, pool: poolSettings))
         self.state = state
         let sessionStarter = starter { state.withLockedValue { $0.users } }
-        self.pool = NIOLoopBound(
+        self.pool = NIOLoopBoundBox.makeBoxSendingValue(
             SessionPool(loop: loop, settings: poolSettings, starter: sessionStarter, metrics: metrics, logger: logger), eventLoop: loop)
     }
 

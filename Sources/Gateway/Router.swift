@@ -125,8 +125,9 @@ public final class Router: Sendable {
             }
             switch matches.count {
             case 0:
+                let hint = await self.directory.lastEC2Failure.map { " (EC2 DescribeInstances failed, so EC2 Name tags are unknown: \($0))" } ?? ""
                 throw StreamOpenError(.unknownTarget,
-                    "No managed node is called '\(asked)': use an instance id (i-…/mi-…), a configured alias, or a Name tag of a running instance.")
+                    "No managed node is called '\(asked)': use an instance id (i-…/mi-…), a configured alias, or a Name tag of a running instance.\(hint)")
             case 1:
                 return try Self.checkOnline(matches[0], asked: asked)
             default:
@@ -167,6 +168,8 @@ public actor InstanceDirectory {
     let ec2: EC2Client?
     var snapshot: Snapshot?
     var refreshing: Task<Snapshot, any Error>?
+    /// Why the last EC2 lookup failed (the gateway still works by id and SSM names without it).
+    public private(set) var lastEC2Failure: String?
 
     public init(ssm: SSMClient?, ec2: EC2Client?) {
         self.ssm = ssm
@@ -206,7 +209,15 @@ public actor InstanceDirectory {
         }
         if let ec2 {
             // Name tags of EC2 instances; a gateway without ec2:DescribeInstances still works by id.
-            if let instances = try? await ec2.describeInstances(instanceIDs: [], filters: [("instance-state-name", ["running", "pending", "stopping", "stopped"])]) {
+            let instances: [EC2Instance]
+            do {
+                instances = try await ec2.describeInstances(instanceIDs: [], filters: [("instance-state-name", ["running", "pending", "stopping", "stopped"])])
+                self.lastEC2Failure = nil
+            } catch {
+                instances = []
+                self.lastEC2Failure = "\(error)"
+            }
+            do {
                 for instance in instances {
                     var info = nodes[instance.instanceID] ?? TargetInfo(id: instance.instanceID, pingStatus: instance.state == "running" ? nil : "ConnectionLost")
                     info.tags = instance.tags

@@ -71,6 +71,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
     var pendingToDestination: [UInt32: [ByteBuffer]] = [:]
     /// Destination bytes not yet taken by smux or a message; bounded because destination reads pause.
     var pendingFromDestination: [UInt32: CircularBuffer<ByteBuffer>] = [:]
+    /// Streams whose destination closed while its bytes still wait to enter smux: FIN after them.
+    var finAfterPending: Set<UInt32> = []
     var destinationBacklog = 0
 
     /// Pacing (aws limits): bytes, charged per message at the full read size.
@@ -481,7 +483,9 @@ final class AgentSessionHandler: ChannelInboundHandler {
     func destinationClosed(stream: UInt32) {
         guard self.destinations.removeValue(forKey: stream) != nil else { return }
         switch self.plugin {
-        case .mux: self.closeMuxStream(stream)
+        case .mux:
+            // Like the real agent, everything the destination sent goes out before the FIN.
+            if self.pendingFromDestination[stream] != nil { self.finAfterPending.insert(stream) } else { self.closeMuxStream(stream) }
         case .basic:
             // Stdio sessions (AWS-StartSSHSession) end with the destination; LocalPortForwarding re-dials on demand.
             if !self.isMuxRequested { self.drainThenEnd(reportTerminating: false) }
@@ -525,6 +529,10 @@ final class AgentSessionHandler: ChannelInboundHandler {
                         }
                     }
                     self.pendingFromDestination[stream] = queue.isEmpty ? nil : queue
+                }
+                for stream in self.finAfterPending where self.pendingFromDestination[stream] == nil {
+                    self.finAfterPending.remove(stream)
+                    _ = session.closeStream(SmuxStreamID(stream))
                 }
                 payload = session.nextOutbound(maximumBytes: chunk)
                 _ = session.drainFinishedStreams()
