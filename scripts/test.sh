@@ -15,6 +15,7 @@ REQUIRED=(
     "ssh-keygen openssh-client"
     "/usr/sbin/sshd openssh-server"
     "rsync rsync"
+    "curl curl"
 )
 
 ensure_packages() {

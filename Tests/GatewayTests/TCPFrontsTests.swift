@@ -36,8 +36,14 @@ struct TCPFrontsTests {
         #expect(byAddress.status == 0, "\(byAddress.stderr)")
         #expect(try sha256(ofFile: scratch.file("b")) == web.bodySHA256)
 
-        let records = await Self.records(services, count: 2)
-        #expect(records.map(\.request.host).sorted() == ["127.0.0.1", "localhost"])
+        // An IPv6 literal travels as ATYP 0x04 and reaches the gateway as text.
+        let byIPv6 = try await run(curl, ["-sS", "--max-time", "30", "--socks5", "127.0.0.1:\(port)",
+                                          "http://[::1]:\(web.port)/by-ipv6", "-o", scratch.file("c")], environment: Self.environment)
+        #expect(byIPv6.status == 0, "\(byIPv6.stderr)")
+        #expect(try sha256(ofFile: scratch.file("c")) == web.bodySHA256)
+
+        let records = await Self.records(services, count: 3)
+        #expect(records.map(\.request.host).sorted() == ["127.0.0.1", "::1", "localhost"])
         for record in records {
             #expect(record.outcome == "ok")
             #expect(record.request.identity.front == .socks5)
@@ -47,7 +53,7 @@ struct TCPFrontsTests {
             #expect(record.bytesFromClient > 0)
         }
         #expect(await Self.eventually { front.connections.open == 0 })
-        #expect(front.connections.accepted == 2)
+        #expect(front.connections.accepted == 3)
     }
 
     @Test("curl -p --proxy tunnels through the HTTP CONNECT front")
@@ -205,7 +211,8 @@ struct TCPFrontsTests {
             services: services, options: .init(targetHost: "t", targetPort: server.port), group: Self.group).bind(port: 0).get()
         defer { for channel in [socks, http, forward] { channel.close(promise: nil) } }
 
-        let size = 3 << 20
+        // 100 bytes: the EOF arrives with the request, before the stream is open; 3 MiB: long after.
+        for size in [100, 3 << 20] {
         let cases: [(Int, [UInt8], @Sendable (ByteBuffer) -> Int?)] = [
             (socks.localAddress!.port!, Self.socksGreetingAndRequest(host: "t", port: server.port), { $0.readableBytes >= 12 ? 12 : nil }),
             (http.localAddress!.port!, Array("CONNECT t:\(server.port) HTTP/1.1\r\n\r\n".utf8), Self.httpHeadLength),
@@ -217,12 +224,14 @@ struct TCPFrontsTests {
             let answer = String(buffer: result.bodyPrefix)
             #expect(answer == "\(size) \(result.sentSHA256)\n", "port \(port)")
         }
-        let records = await Self.records(services, count: 3)
+        }
+        let records = await Self.records(services, count: 6)
+        #expect(records.count == 6)
         for record in records {
             #expect(record.outcome == "ok")
-            #expect(record.bytesFromClient == size)
-            #expect(record.bytesToClient == "\(size) ".utf8.count + 65)
+            #expect(record.bytesToClient == "\(record.bytesFromClient) ".utf8.count + 65)
         }
+        #expect(records.map(\.bytesFromClient).sorted() == [100, 100, 100, 3 << 20, 3 << 20, 3 << 20])
     }
 
     // MARK: Errors
