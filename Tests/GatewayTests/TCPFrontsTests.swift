@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Gateway
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -8,7 +9,9 @@ import TestSupport
 
 /// The SOCKS5, HTTP CONNECT and static-forward fronts over real loopback TCP (LoopbackServices),
 /// with real curl as the client where it fits.
-@Suite("TCPFronts", .timeLimit(.minutes(3)))
+// Serialized: the 16 MiB echoes load both event loops of a shared 2-core machine, and the
+// handshake deadlines here are short.
+@Suite("TCPFronts", .serialized, .timeLimit(.minutes(3)))
 struct TCPFrontsTests {
     static let group = MultiThreadedEventLoopGroup.singleton
 
@@ -268,7 +271,9 @@ struct TCPFrontsTests {
     func malformed() async throws {
         let echo = try await EchoServer()
         let services = LoopbackServices()
-        let socks = try await SOCKS5Front(services: services, options: .init(handshakeTimeout: .seconds(1)), group: Self.group).bind(port: 0).get()
+        let socks = try await SOCKS5Front(services: services, group: Self.group).bind(port: 0).get()
+        let impatient = try await SOCKS5Front(services: services, options: .init(handshakeTimeout: .seconds(1)), group: Self.group).bind(port: 0).get()
+        defer { impatient.close(promise: nil) }
         let http = try await HTTPConnectFront(services: services, group: Self.group).bind(port: 0).get()
         defer { socks.close(promise: nil); http.close(promise: nil) }
         let socksPort = socks.localAddress!.port!
@@ -286,7 +291,7 @@ struct TCPFrontsTests {
         let atyp = try await Self.exchange(port: socksPort, send: [0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x09, 1, 2])
         #expect(Array(atyp.readableBytesView.prefix(4)) == [0x05, 0x00, 0x05, 0x08])
         // Silent after the greeting: closed at the handshake deadline.
-        let silent = try await Self.exchange(port: socksPort, send: [0x05, 0x01, 0x00], halfClose: false)
+        let silent = try await Self.exchange(port: impatient.localAddress!.port!, send: [0x05, 0x01, 0x00], halfClose: false)
         #expect(Array(silent.readableBytesView) == [0x05, 0x00])
 
         // HTTP: bad authority → 400; garbage → 400; a huge head → closed.
@@ -305,6 +310,27 @@ struct TCPFrontsTests {
         await echo.close()
         #expect(result.sentSHA256 == result.receivedSHA256)
         #expect(services.finished.allSatisfy { $0.request.host == "e" })
+    }
+
+    @Test("A stream that does not open in time: SOCKS5 general failure, HTTP 503; a silent HTTP client gets 408")
+    func openTimeout() async throws {
+        let services = StallingServices()
+        let socks = try await SOCKS5Front(services: services, options: .init(openTimeout: .milliseconds(300)), group: Self.group)
+            .bind(port: 0).get()
+        let http = try await HTTPConnectFront(
+            services: services, options: .init(handshakeTimeout: .milliseconds(500), openTimeout: .milliseconds(300)), group: Self.group
+        ).bind(port: 0).get()
+        defer { socks.close(promise: nil); http.close(promise: nil); services.failAll() }
+
+        let reply = try await Self.exchange(port: socks.localAddress!.port!, send: Self.socksGreetingAndRequest(host: "slow", port: 1), halfClose: false)
+        #expect(Array(reply.readableBytesView.prefix(4)) == [0x05, 0x00, 0x05, 0x01])
+        let response = try await Self.exchange(port: http.localAddress!.port!, send: Array("CONNECT slow:1 HTTP/1.1\r\n\r\n".utf8), halfClose: false)
+        #expect(String(buffer: response).hasPrefix("HTTP/1.1 503 "))
+        #expect(String(buffer: response).contains("took longer than"))
+        let silent = try await Self.exchange(port: http.localAddress!.port!, send: Array("CONNECT slow:1 HTTP/1.1\r\n".utf8), halfClose: false)
+        #expect(String(buffer: silent).hasPrefix("HTTP/1.1 408 "))
+        #expect(services.finished.map(\.outcome).allSatisfy { $0.hasPrefix("unavailable: ") })
+        #expect(services.finished.count == 2)
     }
 
     // MARK: Helpers
@@ -595,4 +621,28 @@ final class TinyHTTPServer: Sendable {
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
     }
+}
+
+/// Streams never open (until `failAll`, which completes every promise: NIO traps on leaked ones).
+final class StallingServices: GatewayServices {
+    private let pending = NIOLockedValueBox<[EventLoopPromise<any DestinationStream>]>([])
+    private let records = NIOLockedValueBox<[StreamRecord]>([])
+
+    var finished: [StreamRecord] { self.records.withLockedValue { $0 } }
+
+    func openStream(_ request: StreamRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any DestinationStream> {
+        let promise = eventLoop.makePromise(of: (any DestinationStream).self)
+        self.pending.withLockedValue { $0.append(promise) }
+        return promise.futureResult
+    }
+
+    func failAll() {
+        for promise in self.pending.withLockedValue({ $0 }) {
+            promise.fail(StreamOpenError(.unavailable, "test over"))
+        }
+    }
+
+    func authenticate(user: String, keyType: String, keyBase64: String) -> AuthenticatedUser? { nil }
+    func helpText(for identity: ClientIdentity) -> String { "" }
+    func streamFinished(_ record: StreamRecord) { self.records.withLockedValue { $0.append(record) } }
 }
