@@ -237,6 +237,31 @@ struct TCPFrontsTests {
         #expect(records.map(\.bytesFromClient).sorted() == [100, 100, 100, 3 << 20, 3 << 20, 3 << 20])
     }
 
+    // MARK: Backpressure
+
+    @Test("A client that does not read holds the destination back (bounded), then gets all 32 MiB")
+    func slowClientBackpressure() async throws {
+        let size = 32 << 20
+        let flood = try await FloodServer(bytes: size)
+        defer { flood.close() }
+        let services = LoopbackServices()
+        let socks = try await SOCKS5Front(services: services, group: Self.group).bind(port: 0).get()
+        defer { socks.close(promise: nil) }
+        let writtenAtResume = NIOLockedValueBox(0)
+        let result = try await TunnelClient.run(
+            port: socks.localAddress!.port!, preamble: Self.socksGreetingAndRequest(host: "flood", port: flood.port),
+            payload: 0, expect: size, pauseReading: .seconds(1),
+            onResume: { writtenAtResume.withLockedValue { $0 = flood.written } },
+            headerLength: { $0.readableBytes >= 12 ? 12 : nil })
+        // Kernel buffers on three sockets plus the relay's 256 KiB high water mark: far below 32 MiB.
+        let held = writtenAtResume.withLockedValue { $0 }
+        #expect(held < 16 << 20, "the destination wrote \(held) bytes while the client read nothing")
+        #expect(result.received == size)
+        #expect(result.receivedSHA256 == flood.sha256)
+        let records = await Self.records(services, count: 1)
+        #expect(records.first?.bytesToClient == size)
+    }
+
     // MARK: Errors
 
     @Test("A denied host gets SOCKS5 reply 0x02 and HTTP 403 with the message; errors are recorded")
@@ -426,16 +451,25 @@ final class TunnelClient: ChannelInboundHandler {
 
     static func run(
         port: Int, preamble: [UInt8], payload: Int, expect: Int?, halfCloseAfterSending: Bool = false,
+        pauseReading: TimeAmount? = nil, onResume: (@Sendable () -> Void)? = nil,
         headerLength: @escaping @Sendable (ByteBuffer) -> Int?
     ) async throws -> Result {
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Result.self)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
+        if pauseReading != nil {
+            // A small fixed receive buffer, so that what the proxy may hold back is what the test measures.
+            bootstrap = bootstrap.channelOption(.autoRead, value: false).channelOption(.socketOption(.so_rcvbuf), value: 1 << 20)
+        }
+        let channel = try await bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(TunnelClient(
+                    let client = TunnelClient(
                         preamble: preamble, payload: payload, expect: expect, halfClose: halfCloseAfterSending,
-                        headerLength: headerLength, done: promise))
+                        headerLength: headerLength, done: promise)
+                    client.pauseReading = pauseReading
+                    client.onResume = onResume
+                    try channel.pipeline.syncOperations.addHandler(client)
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
@@ -443,7 +477,16 @@ final class TunnelClient: ChannelInboundHandler {
         return try await promise.futureResult.get()
     }
 
+    var pauseReading: TimeAmount?
+    var onResume: (@Sendable () -> Void)?
+
     func channelActive(context: ChannelHandlerContext) {
+        if let pause = self.pauseReading {
+            context.eventLoop.assumeIsolated().scheduleTask(in: pause) {
+                self.onResume?()
+                context.channel.setOption(.autoRead, value: true).whenFailure { _ in }
+            }
+        }
         if !self.preamble.isEmpty {
             context.write(self.wrapOutboundOut(ByteBuffer(bytes: self.preamble)), promise: nil)
         }
@@ -645,4 +688,67 @@ final class StallingServices: GatewayServices {
     func authenticate(user: String, keyType: String, keyBase64: String) -> AuthenticatedUser? { nil }
     func helpText(for identity: ClientIdentity) -> String { "" }
     func streamFinished(_ record: StreamRecord) { self.records.withLockedValue { $0.append(record) } }
+}
+
+/// Sends the same `bytes` deterministic bytes to every client as fast as it takes them, then closes.
+final class FloodServer: Sendable {
+    let channel: any Channel
+    let sha256: String
+    private let writtenBox = NIOLockedValueBox(0)
+    var port: Int { self.channel.localAddress!.port! }
+    var written: Int { self.writtenBox.withLockedValue { $0 } }
+
+    init(bytes: Int) async throws {
+        var body = ByteBuffer()
+        body.reserveCapacity(bytes + 8)
+        var state: UInt64 = 0x1234_5678_9ABC_DEF1
+        while body.readableBytes < bytes {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            body.writeInteger(state)
+        }
+        body.moveWriterIndex(to: bytes)
+        self.sha256 = body.withUnsafeReadableBytes { TunnelClient.hex(SHA256.hash(data: $0)) }
+        let box = self.writtenBox
+        let shared = body
+        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Handler(body: shared, written: box))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+    }
+
+    func close() { self.channel.close(promise: nil) }
+
+    final class Handler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        var body: ByteBuffer
+        let written: NIOLockedValueBox<Int>
+
+        init(body: ByteBuffer, written: NIOLockedValueBox<Int>) {
+            self.body = body
+            self.written = written
+        }
+
+        func channelActive(context: ChannelHandlerContext) { self.produce(context: context) }
+        func channelWritabilityChanged(context: ChannelHandlerContext) { self.produce(context: context) }
+
+        func produce(context: ChannelHandlerContext) {
+            guard self.body.readableBytes > 0 else { return }
+            while self.body.readableBytes > 0, context.channel.isWritable {
+                let chunk = self.body.readSlice(length: min(self.body.readableBytes, 65536))!
+                let count = chunk.readableBytes
+                context.writeAndFlush(self.wrapOutboundOut(chunk)).assumeIsolated().whenSuccess {
+                    self.written.withLockedValue { $0 += count }
+                }
+            }
+            if self.body.readableBytes == 0 {
+                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
 }
