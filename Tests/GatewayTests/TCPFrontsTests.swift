@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Gateway
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -8,7 +9,9 @@ import TestSupport
 
 /// The SOCKS5, HTTP CONNECT and static-forward fronts over real loopback TCP (LoopbackServices),
 /// with real curl as the client where it fits.
-@Suite("TCPFronts", .timeLimit(.minutes(3)))
+// Serialized: the 16 MiB echoes load both event loops of a shared 2-core machine, and the
+// handshake deadlines here are short.
+@Suite("TCPFronts", .serialized, .timeLimit(.minutes(3)))
 struct TCPFrontsTests {
     static let group = MultiThreadedEventLoopGroup.singleton
 
@@ -36,8 +39,14 @@ struct TCPFrontsTests {
         #expect(byAddress.status == 0, "\(byAddress.stderr)")
         #expect(try sha256(ofFile: scratch.file("b")) == web.bodySHA256)
 
-        let records = await Self.records(services, count: 2)
-        #expect(records.map(\.request.host).sorted() == ["127.0.0.1", "localhost"])
+        // An IPv6 literal travels as ATYP 0x04 and reaches the gateway as text.
+        let byIPv6 = try await run(curl, ["-sS", "--max-time", "30", "--socks5", "127.0.0.1:\(port)",
+                                          "http://[::1]:\(web.port)/by-ipv6", "-o", scratch.file("c")], environment: Self.environment)
+        #expect(byIPv6.status == 0, "\(byIPv6.stderr)")
+        #expect(try sha256(ofFile: scratch.file("c")) == web.bodySHA256)
+
+        let records = await Self.records(services, count: 3)
+        #expect(records.map(\.request.host).sorted() == ["127.0.0.1", "::1", "localhost"])
         for record in records {
             #expect(record.outcome == "ok")
             #expect(record.request.identity.front == .socks5)
@@ -47,7 +56,7 @@ struct TCPFrontsTests {
             #expect(record.bytesFromClient > 0)
         }
         #expect(await Self.eventually { front.connections.open == 0 })
-        #expect(front.connections.accepted == 2)
+        #expect(front.connections.accepted == 3)
     }
 
     @Test("curl -p --proxy tunnels through the HTTP CONNECT front")
@@ -205,7 +214,8 @@ struct TCPFrontsTests {
             services: services, options: .init(targetHost: "t", targetPort: server.port), group: Self.group).bind(port: 0).get()
         defer { for channel in [socks, http, forward] { channel.close(promise: nil) } }
 
-        let size = 3 << 20
+        // 100 bytes: the EOF arrives with the request, before the stream is open; 3 MiB: long after.
+        for size in [100, 3 << 20] {
         let cases: [(Int, [UInt8], @Sendable (ByteBuffer) -> Int?)] = [
             (socks.localAddress!.port!, Self.socksGreetingAndRequest(host: "t", port: server.port), { $0.readableBytes >= 12 ? 12 : nil }),
             (http.localAddress!.port!, Array("CONNECT t:\(server.port) HTTP/1.1\r\n\r\n".utf8), Self.httpHeadLength),
@@ -217,12 +227,39 @@ struct TCPFrontsTests {
             let answer = String(buffer: result.bodyPrefix)
             #expect(answer == "\(size) \(result.sentSHA256)\n", "port \(port)")
         }
-        let records = await Self.records(services, count: 3)
+        }
+        let records = await Self.records(services, count: 6)
+        #expect(records.count == 6)
         for record in records {
             #expect(record.outcome == "ok")
-            #expect(record.bytesFromClient == size)
-            #expect(record.bytesToClient == "\(size) ".utf8.count + 65)
+            #expect(record.bytesToClient == "\(record.bytesFromClient) ".utf8.count + 65)
         }
+        #expect(records.map(\.bytesFromClient).sorted() == [100, 100, 100, 3 << 20, 3 << 20, 3 << 20])
+    }
+
+    // MARK: Backpressure
+
+    @Test("A client that does not read holds the destination back (bounded), then gets all 32 MiB")
+    func slowClientBackpressure() async throws {
+        let size = 32 << 20
+        let flood = try await FloodServer(bytes: size)
+        defer { flood.close() }
+        let services = LoopbackServices()
+        let socks = try await SOCKS5Front(services: services, group: Self.group).bind(port: 0).get()
+        defer { socks.close(promise: nil) }
+        let writtenAtResume = NIOLockedValueBox(0)
+        let result = try await TunnelClient.run(
+            port: socks.localAddress!.port!, preamble: Self.socksGreetingAndRequest(host: "flood", port: flood.port),
+            payload: 0, expect: size, pauseReading: .seconds(1),
+            onResume: { writtenAtResume.withLockedValue { $0 = flood.written } },
+            headerLength: { $0.readableBytes >= 12 ? 12 : nil })
+        // Kernel buffers on three sockets plus the relay's 256 KiB high water mark: far below 32 MiB.
+        let held = writtenAtResume.withLockedValue { $0 }
+        #expect(held < 16 << 20, "the destination wrote \(held) bytes while the client read nothing")
+        #expect(result.received == size)
+        #expect(result.receivedSHA256 == flood.sha256)
+        let records = await Self.records(services, count: 1)
+        #expect(records.first?.bytesToClient == size)
     }
 
     // MARK: Errors
@@ -259,7 +296,9 @@ struct TCPFrontsTests {
     func malformed() async throws {
         let echo = try await EchoServer()
         let services = LoopbackServices()
-        let socks = try await SOCKS5Front(services: services, options: .init(handshakeTimeout: .seconds(1)), group: Self.group).bind(port: 0).get()
+        let socks = try await SOCKS5Front(services: services, group: Self.group).bind(port: 0).get()
+        let impatient = try await SOCKS5Front(services: services, options: .init(handshakeTimeout: .seconds(1)), group: Self.group).bind(port: 0).get()
+        defer { impatient.close(promise: nil) }
         let http = try await HTTPConnectFront(services: services, group: Self.group).bind(port: 0).get()
         defer { socks.close(promise: nil); http.close(promise: nil) }
         let socksPort = socks.localAddress!.port!
@@ -277,7 +316,7 @@ struct TCPFrontsTests {
         let atyp = try await Self.exchange(port: socksPort, send: [0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x09, 1, 2])
         #expect(Array(atyp.readableBytesView.prefix(4)) == [0x05, 0x00, 0x05, 0x08])
         // Silent after the greeting: closed at the handshake deadline.
-        let silent = try await Self.exchange(port: socksPort, send: [0x05, 0x01, 0x00], halfClose: false)
+        let silent = try await Self.exchange(port: impatient.localAddress!.port!, send: [0x05, 0x01, 0x00], halfClose: false)
         #expect(Array(silent.readableBytesView) == [0x05, 0x00])
 
         // HTTP: bad authority → 400; garbage → 400; a huge head → closed.
@@ -296,6 +335,27 @@ struct TCPFrontsTests {
         await echo.close()
         #expect(result.sentSHA256 == result.receivedSHA256)
         #expect(services.finished.allSatisfy { $0.request.host == "e" })
+    }
+
+    @Test("A stream that does not open in time: SOCKS5 general failure, HTTP 503; a silent HTTP client gets 408")
+    func openTimeout() async throws {
+        let services = StallingServices()
+        let socks = try await SOCKS5Front(services: services, options: .init(openTimeout: .milliseconds(300)), group: Self.group)
+            .bind(port: 0).get()
+        let http = try await HTTPConnectFront(
+            services: services, options: .init(handshakeTimeout: .milliseconds(500), openTimeout: .milliseconds(300)), group: Self.group
+        ).bind(port: 0).get()
+        defer { socks.close(promise: nil); http.close(promise: nil); services.failAll() }
+
+        let reply = try await Self.exchange(port: socks.localAddress!.port!, send: Self.socksGreetingAndRequest(host: "slow", port: 1), halfClose: false)
+        #expect(Array(reply.readableBytesView.prefix(4)) == [0x05, 0x00, 0x05, 0x01])
+        let response = try await Self.exchange(port: http.localAddress!.port!, send: Array("CONNECT slow:1 HTTP/1.1\r\n\r\n".utf8), halfClose: false)
+        #expect(String(buffer: response).hasPrefix("HTTP/1.1 503 "))
+        #expect(String(buffer: response).contains("took longer than"))
+        let silent = try await Self.exchange(port: http.localAddress!.port!, send: Array("CONNECT slow:1 HTTP/1.1\r\n".utf8), halfClose: false)
+        #expect(String(buffer: silent).hasPrefix("HTTP/1.1 408 "))
+        #expect(services.finished.map(\.outcome).allSatisfy { $0.hasPrefix("unavailable: ") })
+        #expect(services.finished.count == 2)
     }
 
     // MARK: Helpers
@@ -391,16 +451,25 @@ final class TunnelClient: ChannelInboundHandler {
 
     static func run(
         port: Int, preamble: [UInt8], payload: Int, expect: Int?, halfCloseAfterSending: Bool = false,
+        pauseReading: TimeAmount? = nil, onResume: (@Sendable () -> Void)? = nil,
         headerLength: @escaping @Sendable (ByteBuffer) -> Int?
     ) async throws -> Result {
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Result.self)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
+        if pauseReading != nil {
+            // A small fixed receive buffer, so that what the proxy may hold back is what the test measures.
+            bootstrap = bootstrap.channelOption(.autoRead, value: false).channelOption(.socketOption(.so_rcvbuf), value: 1 << 20)
+        }
+        let channel = try await bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(TunnelClient(
+                    let client = TunnelClient(
                         preamble: preamble, payload: payload, expect: expect, halfClose: halfCloseAfterSending,
-                        headerLength: headerLength, done: promise))
+                        headerLength: headerLength, done: promise)
+                    client.pauseReading = pauseReading
+                    client.onResume = onResume
+                    try channel.pipeline.syncOperations.addHandler(client)
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
@@ -408,7 +477,16 @@ final class TunnelClient: ChannelInboundHandler {
         return try await promise.futureResult.get()
     }
 
+    var pauseReading: TimeAmount?
+    var onResume: (@Sendable () -> Void)?
+
     func channelActive(context: ChannelHandlerContext) {
+        if let pause = self.pauseReading {
+            context.eventLoop.assumeIsolated().scheduleTask(in: pause) {
+                self.onResume?()
+                context.channel.setOption(.autoRead, value: true).whenFailure { _ in }
+            }
+        }
         if !self.preamble.isEmpty {
             context.write(self.wrapOutboundOut(ByteBuffer(bytes: self.preamble)), promise: nil)
         }
@@ -581,6 +659,93 @@ final class TinyHTTPServer: Sendable {
             self.answered = true
             context.writeAndFlush(self.wrapOutboundOut(self.response)).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+}
+
+/// Streams never open (until `failAll`, which completes every promise: NIO traps on leaked ones).
+final class StallingServices: GatewayServices {
+    private let pending = NIOLockedValueBox<[EventLoopPromise<any DestinationStream>]>([])
+    private let records = NIOLockedValueBox<[StreamRecord]>([])
+
+    var finished: [StreamRecord] { self.records.withLockedValue { $0 } }
+
+    func openStream(_ request: StreamRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any DestinationStream> {
+        let promise = eventLoop.makePromise(of: (any DestinationStream).self)
+        self.pending.withLockedValue { $0.append(promise) }
+        return promise.futureResult
+    }
+
+    func failAll() {
+        for promise in self.pending.withLockedValue({ $0 }) {
+            promise.fail(StreamOpenError(.unavailable, "test over"))
+        }
+    }
+
+    func authenticate(user: String, keyType: String, keyBase64: String) -> AuthenticatedUser? { nil }
+    func helpText(for identity: ClientIdentity) -> String { "" }
+    func streamFinished(_ record: StreamRecord) { self.records.withLockedValue { $0.append(record) } }
+}
+
+/// Sends the same `bytes` deterministic bytes to every client as fast as it takes them, then closes.
+final class FloodServer: Sendable {
+    let channel: any Channel
+    let sha256: String
+    private let writtenBox = NIOLockedValueBox(0)
+    var port: Int { self.channel.localAddress!.port! }
+    var written: Int { self.writtenBox.withLockedValue { $0 } }
+
+    init(bytes: Int) async throws {
+        var body = ByteBuffer()
+        body.reserveCapacity(bytes + 8)
+        var state: UInt64 = 0x1234_5678_9ABC_DEF1
+        while body.readableBytes < bytes {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            body.writeInteger(state)
+        }
+        body.moveWriterIndex(to: bytes)
+        self.sha256 = body.withUnsafeReadableBytes { TunnelClient.hex(SHA256.hash(data: $0)) }
+        let box = self.writtenBox
+        let shared = body
+        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Handler(body: shared, written: box))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+    }
+
+    func close() { self.channel.close(promise: nil) }
+
+    final class Handler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        var body: ByteBuffer
+        let written: NIOLockedValueBox<Int>
+
+        init(body: ByteBuffer, written: NIOLockedValueBox<Int>) {
+            self.body = body
+            self.written = written
+        }
+
+        func channelActive(context: ChannelHandlerContext) { self.produce(context: context) }
+        func channelWritabilityChanged(context: ChannelHandlerContext) { self.produce(context: context) }
+
+        func produce(context: ChannelHandlerContext) {
+            guard self.body.readableBytes > 0 else { return }
+            while self.body.readableBytes > 0, context.channel.isWritable {
+                let chunk = self.body.readSlice(length: min(self.body.readableBytes, 65536))!
+                let count = chunk.readableBytes
+                context.writeAndFlush(self.wrapOutboundOut(chunk)).assumeIsolated().whenSuccess {
+                    self.written.withLockedValue { $0 += count }
+                }
+            }
+            if self.body.readableBytes == 0 {
+                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             }
         }
 

@@ -71,7 +71,7 @@ final class StreamOpening {
             opening.reported = true
             completion(.failure(StreamOpenError(
                 .unavailable,
-                "Opening a stream to \(request.host):\(request.port) took longer than \(timeout.nanoseconds / 1_000_000_000) s; try again, or check the gateway's log.")))
+                "Opening a stream to \(request.host):\(request.port) took longer than \(describe(timeout)); try again, or check the gateway's log.")))
         }
         // `openStream` completes on `loop` (GatewayServices: the stream is bound to it).
         services.openStream(request, on: loop).assumeIsolated().whenComplete { result in
@@ -96,6 +96,12 @@ final class StreamOpening {
             }
         }
     }
+}
+
+/// "300 ms", "60 s".
+func describe(_ time: TimeAmount) -> String {
+    let milliseconds = time.nanoseconds / 1_000_000
+    return milliseconds < 1000 || milliseconds % 1000 != 0 ? "\(milliseconds) ms" : "\(milliseconds / 1000) s"
 }
 
 extension GatewayServices {

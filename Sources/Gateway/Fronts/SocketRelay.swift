@@ -9,7 +9,8 @@ import NIOCore
 /// whether the client's EOF was already seen.
 ///
 /// - Client bytes go to `destination.write`; what it does not take waits, in order, and reading
-///   stops until `destinationWritable`. At most one read cycle is held.
+///   stops until `destinationWritable`. At most one read cycle is held (or, once the client's EOF
+///   is on its way, what the kernel buffered: NIO then reads to the end without being asked).
 /// - Destination bytes are written to the socket and flushed once per event-loop tick; while the
 ///   socket is over its high water mark, `destinationCanReceive` is false, and
 ///   `resumeReceiving()` follows when it drains.

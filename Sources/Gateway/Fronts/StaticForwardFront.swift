@@ -47,13 +47,17 @@ public final class StaticForwardFront: Sendable {
     }
 }
 
-/// Opens the stream as the connection arrives (reading nothing meanwhile), then hands over to a relay.
+/// Opens the stream as the connection arrives, then hands over to a relay. It asks for no bytes
+/// meanwhile, but a client's EOF makes NIO read the socket to the end regardless: those bytes and
+/// the EOF are kept for the relay (bounded by the kernel's socket buffer).
 final class ForwardOpenHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     let services: any GatewayServices
     let options: StaticForwardFront.Options
     var started = false
+    var early: ByteBuffer?
+    var clientEOF = false
 
     init(services: any GatewayServices, options: StaticForwardFront.Options) {
         self.services = services
@@ -81,7 +85,9 @@ final class ForwardOpenHandler: ChannelInboundHandler, RemovableChannelHandler {
         StreamOpening.start(services: self.services, request: request, channel: context.channel, timeout: self.options.openTimeout) { result in
             switch result {
             case .success(let stream):
-                let relay = SocketRelay(destination: stream, request: request, services: self.services, opened: opened, logger: logger)
+                let relay = SocketRelay(
+                    destination: stream, request: request, services: self.services, opened: opened,
+                    initialData: self.early.take(), clientInputClosed: self.clientEOF, logger: logger)
                 do {
                     try context.pipeline.syncOperations.addHandler(relay, position: .after(self))
                     context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
@@ -98,6 +104,19 @@ final class ForwardOpenHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.close(promise: nil)
             }
         }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = self.unwrapInboundIn(data)
+        if self.early == nil { self.early = buffer } else { self.early!.writeBuffer(&buffer) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            self.clientEOF = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
