@@ -32,6 +32,7 @@ func withHome<T>(_ body: (TemporaryHome) async throws -> T) async throws -> T {
     return try await body(TemporaryHome(path: path))
 }
 
+@discardableResult
 func withHTTPClient<T>(_ body: (HTTPClient) async throws -> T) async throws -> T {
     let client = HTTPClient(eventLoopGroupProvider: .singleton)
     do {
