@@ -97,13 +97,18 @@ struct SessionBenchmarks: AsyncParsableCommand {
             raw[direction] = row.megabytesPerSecond
             rows.append(row)
         }
-        let cases: [(String, DataChannelConfiguration)] = [
-            ("ssmgate, 1024-byte payloads (default)", DataChannelConfiguration(messagesPerSecond: nil)),
-            ("ssmgate, \(self.largePayload / 1024) KiB payloads (opt-in)",
-             DataChannelConfiguration(maximumPayloadSize: self.largePayload, messagesPerSecond: nil)),
+        // The faithful case: 1024-byte messages both ways, as the official client and agent send.
+        // The opt-in case: the client's SSMGATE_PAYLOAD_SIZE and an emulator agent that reads as much
+        // per message (the real agent reads 1024 bytes at most, so downloads from AWS stay at 1 KiB).
+        var largeAgent = LimitsProfile.unlimited
+        largeAgent.agentReadChunk = self.largePayload
+        let cases: [(String, DataChannelConfiguration, LimitsProfile)] = [
+            ("ssmgate, 1024-byte payloads (default)", DataChannelConfiguration(messagesPerSecond: nil), .unlimited),
+            ("ssmgate, \(self.largePayload / 1024) KiB payloads (opt-in both ends)",
+             DataChannelConfiguration(maximumPayloadSize: self.largePayload, messagesPerSecond: nil), largeAgent),
         ]
-        try await runner.withEmulator(.unlimited) { ssm in
-            for (name, configuration) in cases {
+        for (name, configuration, profile) in cases {
+            try await runner.withEmulator(profile) { ssm in
                 for direction in [Direction.upload, .download] {
                     var row = try await runner.session(
                         direction, bytes: bytes, limits: "unlimited", ssm: ssm, configuration: configuration, path: name)

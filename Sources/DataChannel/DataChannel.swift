@@ -101,6 +101,8 @@ public final class DataChannel {
     var lastAcknowledgementProgress: UInt64 = 0
     var openPromise: EventLoopPromise<Void>?
     let allocator = ByteBufferAllocator()
+    /// Message ids and masking keys: one system random call per channel, not one or two per message.
+    var random = FastRandom()
 
     public init(
         streamURL: String,
@@ -185,7 +187,7 @@ public final class DataChannel {
         let frame: ByteBuffer
         do {
             frame = try self.reliable.send(
-                .inputStreamData, payloadType: type, payload: payload, messageID: .random(),
+                .inputStreamData, payloadType: type, payload: payload, messageID: .random(using: &self.random),
                 createdDate: Self.wallClockMilliseconds(), now: now, allocator: self.allocator)
         } catch {
             return
@@ -325,12 +327,12 @@ public final class DataChannel {
         let open = OpenDataChannelInput(
             requestID: Self.uuid(), tokenValue: self.token,
             role: .client(clientID: self.clientID, clientVersion: self.configuration.clientVersion))
-        socket.write(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: open.encoded()), promise: nil)
+        socket.write(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(using: &self.random), data: open.encoded()), promise: nil)
         if reconnecting {
             self.statistics.reconnects += 1
             if !self.paused {
                 for frame in self.reliable.unacknowledgedFrames {
-                    socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: frame), promise: nil)
+                    socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(using: &self.random), data: frame), promise: nil)
                 }
             }
         }
@@ -393,7 +395,7 @@ public final class DataChannel {
 
     func write(_ frame: ByteBuffer) {
         guard let socket = self.socket, case .open = self.state, !self.paused else { return }
-        socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: frame), promise: nil)
+        socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(using: &self.random), data: frame), promise: nil)
         self.scheduleFlush()
     }
 
@@ -471,7 +473,7 @@ public final class DataChannel {
             guard let message = try? AgentMessage.decode(data) else { return }
             self.handle(message)
         case .ping:
-            self.socket?.writeAndFlush(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData), promise: nil)
+            self.socket?.writeAndFlush(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(using: &self.random), data: frame.unmaskedData), promise: nil)
         case .connectionClose:
             self.socket?.close(promise: nil)
         default:
@@ -521,7 +523,7 @@ public final class DataChannel {
         }
         let reception = self.reliable.receive(message, ready: ready)
         if let ack = reception.acknowledgement {
-            self.write(ack.frame(messageID: .random(), createdDate: Self.wallClockMilliseconds(), allocator: self.allocator), control: true)
+            self.write(ack.frame(messageID: .random(using: &self.random), createdDate: Self.wallClockMilliseconds(), allocator: self.allocator), control: true)
         }
         for delivered in reception.deliverable {
             self.statistics.messagesReceived += 1
@@ -533,7 +535,7 @@ public final class DataChannel {
     /// Acknowledgements go out even while paused: the pause is about our data.
     func write(_ frame: ByteBuffer, control: Bool) {
         guard let socket = self.socket, case .open = self.state else { return }
-        socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: frame), promise: nil)
+        socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(using: &self.random), data: frame), promise: nil)
         self.scheduleFlush()
     }
 
@@ -678,7 +680,7 @@ public final class DataChannel {
         let now = Self.monotonicNow()
         if self.reliable.unacknowledgedCount == 0 { self.lastAcknowledgementProgress = now }
         guard let frame = try? self.reliable.send(
-            .inputStreamData, payloadType: type, payload: payload, messageID: .random(),
+            .inputStreamData, payloadType: type, payload: payload, messageID: .random(using: &self.random),
             createdDate: Self.wallClockMilliseconds(), now: now, allocator: self.allocator)
         else { return }
         self.statistics.messagesSent += 1

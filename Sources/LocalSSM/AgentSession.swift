@@ -64,6 +64,10 @@ final class AgentSessionHandler: ChannelInboundHandler {
     var loop: (any EventLoop)?
     var retransmitTask: Scheduled<Void>?
     var pumpScheduled = false
+    /// Writes made on the WebSocket or destinations wait for one flush per event-loop tick.
+    var flushScheduled = false
+    /// Message ids: one system random call per session, not one per message.
+    var random = FastRandom()
     var handshakeTimeout: Scheduled<Void>?
 
     // Destinations: for mux one per stream, for basic mode a single one under stream 0.
@@ -288,9 +292,9 @@ final class AgentSessionHandler: ChannelInboundHandler {
         if case .terminal(let terminal) = self.plugin, terminal.pendingWriteBytes > 1 << 20 { ready = false }
         let reception = self.reliable.receive(message, ready: ready)
         if let ack = reception.acknowledgement {
-            context.writeAndFlush(
-                self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: ack.frame(messageID: .random(), createdDate: MGS.nowMilliseconds())))
-            , promise: nil)
+            let frame = ack.frame(messageID: .random(using: &self.random), createdDate: MGS.nowMilliseconds(), allocator: context.channel.allocator)
+            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            self.scheduleFlush()
         }
         for delivered in reception.deliverable {
             self.process(delivered)
@@ -468,7 +472,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
         guard let destination = self.destinations[stream] else { return }
         if destination.isConnected {
             destination.write(data)
-            destination.flush()
+            self.scheduleFlush()
         } else {
             self.pendingToDestination[stream, default: []].append(data)
         }
@@ -563,7 +567,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
             self.sendStream(.output, payload, flush: false)
             wrote = true
         }
-        if wrote { context.flush() }
+        if wrote { self.scheduleFlush() }
         self.updateDestinationReads()
         if self.hasPendingOutput, !self.pumpScheduled, !self.paused, self.reliable.unacknowledgedCount < Self.outputWindow {
             // Held back by pacing: come back when the bucket holds one more message.
@@ -615,7 +619,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
     func sendStream(_ type: PayloadType, _ payload: ByteBuffer, flush: Bool = true) {
         guard
             let frame = try? self.reliable.send(
-                .outputStreamData, payloadType: type, payload: payload, messageID: .random(),
+                .outputStreamData, payloadType: type, payload: payload, messageID: .random(using: &self.random),
                 createdDate: MGS.nowMilliseconds(), now: Self.now(), allocator: self.context?.channel.allocator ?? ByteBufferAllocator())
         else { return }
         if let context = self.context, !self.paused {
@@ -623,6 +627,18 @@ final class AgentSessionHandler: ChannelInboundHandler {
             if flush { context.flush() }
         }
         self.scheduleRetransmission()
+    }
+
+    /// One flush of the WebSocket and every destination with writes, after what this event-loop
+    /// tick reads: acks, output and destination bytes of a whole read batch leave in one send each.
+    func scheduleFlush() {
+        guard !self.flushScheduled, let loop = self.loop else { return }
+        self.flushScheduled = true
+        loop.assumeIsolated().execute {
+            self.flushScheduled = false
+            self.context?.flush()
+            for destination in self.destinations.values where destination.hasUnflushedWrites { destination.flush() }
+        }
     }
 
     func writeControl(_ type: MessageType, payload: ByteBuffer, context: ChannelHandlerContext) {
@@ -675,8 +691,23 @@ final class DestinationHandler: ChannelDuplexHandler {
         self.context = context
     }
 
+    /// Bytes written since the last flush: the backlog is released per flush, not per write.
+    var unflushedBytes = 0
+    var hasUnflushedWrites: Bool { self.unflushedBytes > 0 }
+
     func flush() {
-        self.context?.flush()
+        guard let context = self.context else { return }
+        let size = self.unflushedBytes
+        self.unflushedBytes = 0
+        if size > 0 {
+            // Writes complete in order: this empty one completes once all before it are out.
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            context.write(self.wrapOutboundOut(ByteBuffer()), promise: promise)
+            promise.futureResult.assumeIsolated().whenComplete { _ in
+                self.session.destinationBacklog -= size
+            }
+        }
+        context.flush()
     }
 
     func close() {
@@ -687,9 +718,8 @@ final class DestinationHandler: ChannelDuplexHandler {
         guard let context = self.context else { return }
         let size = data.readableBytes
         self.session.destinationBacklog += size
-        context.write(self.wrapOutboundOut(data)).assumeIsolated().whenComplete { _ in
-            self.session.destinationBacklog -= size
-        }
+        self.unflushedBytes += size
+        context.write(self.wrapOutboundOut(data), promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -709,6 +739,9 @@ final class DestinationHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // Unflushed writes fail with the channel: their bytes leave the backlog here.
+        self.session.destinationBacklog -= self.unflushedBytes
+        self.unflushedBytes = 0
         self.session.destinationClosed(stream: self.stream)
         context.fireChannelInactive()
     }

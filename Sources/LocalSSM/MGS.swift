@@ -210,6 +210,11 @@ final class SessionRelay: Sendable {
     struct Side {
         var channel: (any Channel)?
         var pending: [ByteBuffer] = []
+        /// Frames for `channel` not yet written: they go out together, written and flushed once per
+        /// tick of its event loop (one task and one send per batch instead of per frame). What is in
+        /// flight is bounded by both peers' windows, as before.
+        var outbox: [ByteBuffer] = []
+        var outboxFlushScheduled = false
         var droppedFrames = 0
         /// This side's sender was stopped because the other side is away with too much held for it.
         var readingSuspended = false
@@ -281,6 +286,7 @@ final class SessionRelay: Sendable {
             guard !state.closed else { return ([], nil, false) }
             func attach(_ side: inout Side) -> ([ByteBuffer], (any Channel)?, Bool) {
                 let old = side.channel
+                side.requeueOutbox()
                 side.channel = channel
                 side.attachedAt = now
                 side.everAttached = true
@@ -322,10 +328,16 @@ final class SessionRelay: Sendable {
         let channel = self.state.withLock { state -> (any Channel)? in
             switch role {
             case .client:
-                defer { state.client.channel = nil }
+                defer {
+                    state.client.requeueOutbox()
+                    state.client.channel = nil
+                }
                 return state.client.channel
             case .agent:
-                defer { state.agent.channel = nil }
+                defer {
+                    state.agent.requeueOutbox()
+                    state.agent.channel = nil
+                }
                 return state.agent.channel
             }
         }
@@ -337,10 +349,14 @@ final class SessionRelay: Sendable {
         let endSession = self.state.withLock { state -> Bool in
             switch role {
             case .client:
-                if state.client.channel === channel { state.client.channel = nil }
+                if state.client.channel === channel {
+                    state.client.requeueOutbox()
+                    state.client.channel = nil
+                }
                 return false
             case .agent:
                 guard state.agent.channel === channel else { return false }
+                state.agent.requeueOutbox()
                 state.agent.channel = nil
                 return state.agentTerminating
             }
@@ -397,11 +413,13 @@ final class SessionRelay: Sendable {
     /// Sends held frames as the bucket allows; ends the pause when all are out and the bucket is half full.
     func drainHeld(_ role: SessionRegistry.Role, sender: any Channel) {
         let now = DispatchTime.now().uptimeNanoseconds
-        let (frames, destination, resume, wait, closed) = self.state.withLock { state -> ([ByteBuffer], (any Channel)?, Bool, UInt64, Bool) in
+        let (destination, resume, wait, closed) = self.state.withLock { state -> ((any Channel)?, Bool, UInt64, Bool) in
             var dataFrames = 0
             defer { state.dataFrames &+= dataFrames }
-            func drain(_ side: inout Side, to other: inout Side) -> ([ByteBuffer], (any Channel)?, Bool, UInt64) {
-                guard var bucket = side.bucket else { return ([], nil, false, 0) }
+            /// Frames that may go now join the other side's outbox; its socket comes back when a flush
+            /// must be scheduled for it.
+            func drain(_ side: inout Side, to other: inout Side) -> ((any Channel)?, Bool, UInt64) {
+                guard var bucket = side.bucket else { return (nil, false, 0) }
                 var out: [ByteBuffer] = []
                 while !side.held.isEmpty, bucket.take(1, now: now) { out.append(side.held.removeFirst()) }
                 dataFrames += out.count
@@ -417,25 +435,24 @@ final class SessionRelay: Sendable {
                 let wait = side.held.isEmpty ? UInt64(100_000_000) : max(bucket.delay(until: 1), 1_000_000)
                 if other.channel == nil {
                     for frame in out { Self.hold(frame, in: &other) }
-                    return ([], nil, resume, wait)
+                    return (nil, resume, wait)
                 }
-                return (out, other.channel, resume, wait)
+                var schedule = false
+                for frame in out where other.enqueue(frame) { schedule = true }
+                return (schedule ? other.channel : nil, resume, wait)
             }
-            guard !state.closed else { return ([], nil, false, 0, true) }
+            guard !state.closed else { return (nil, false, 0, true) }
             switch role {
             case .client:
-                let (out, channel, resume, wait) = drain(&state.client, to: &state.agent)
-                return (out, channel, resume, wait, false)
+                let (channel, resume, wait) = drain(&state.client, to: &state.agent)
+                return (channel, resume, wait, false)
             case .agent:
-                let (out, channel, resume, wait) = drain(&state.agent, to: &state.client)
-                return (out, channel, resume, wait, false)
+                let (channel, resume, wait) = drain(&state.agent, to: &state.client)
+                return (channel, resume, wait, false)
             }
         }
         guard !closed else { return }
-        if let destination, !frames.isEmpty {
-            for frame in frames { destination.write(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil) }
-            destination.flush()
-        }
+        if let destination { self.scheduleOutboxFlush(role.peer, on: destination.eventLoop) }
         if resume {
             sender.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: Self.publicationFrame(.startPublication)), promise: nil)
         } else {
@@ -495,6 +512,7 @@ final class SessionRelay: Sendable {
     func deliver(_ frame: ByteBuffer, to role: SessionRegistry.Role, countingData: Bool = false, sender: (any Channel)? = nil) {
         let (destination, suspend) = self.state.withLock { state -> ((any Channel)?, Bool) in
             guard !state.closed else { return (nil, false) }
+            // The destination comes back only when a flush must be scheduled for it.
             if countingData { state.dataFrames &+= 1 }
             func holdFor(_ side: inout Side, senderSide: inout Side) -> Bool {
                 Self.hold(frame, in: &side)
@@ -506,15 +524,35 @@ final class SessionRelay: Sendable {
             }
             switch role {
             case .agent:
-                if let channel = state.agent.channel { return (channel, false) }
+                if let channel = state.agent.channel { return (state.agent.enqueue(frame) ? channel : nil, false) }
                 return (nil, holdFor(&state.agent, senderSide: &state.client))
             case .client:
-                if let channel = state.client.channel { return (channel, false) }
+                if let channel = state.client.channel { return (state.client.enqueue(frame) ? channel : nil, false) }
                 return (nil, holdFor(&state.client, senderSide: &state.agent))
             }
         }
         if suspend, let sender { sender.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
-        destination?.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+        if let destination { self.scheduleOutboxFlush(role, on: destination.eventLoop) }
+    }
+
+    /// Writes what is queued for `role` and flushes, once per tick of that side's event loop: the
+    /// task runs after the frames read in this tick are all queued.
+    func scheduleOutboxFlush(_ role: SessionRegistry.Role, on loop: any EventLoop) {
+        loop.execute { self.flushOutbox(role) }
+    }
+
+    func flushOutbox(_ role: SessionRegistry.Role) {
+        let (channel, frames) = self.state.withLock { state -> ((any Channel)?, [ByteBuffer]) in
+            state.withSide(role) { side in
+                side.outboxFlushScheduled = false
+                guard let channel = side.channel, !side.outbox.isEmpty else { return (nil, []) }
+                defer { side.outbox = [] }
+                return (channel, side.outbox)
+            }
+        }
+        guard let channel else { return }
+        for frame in frames { channel.write(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil) }
+        channel.flush()
     }
 
     // MARK: Faults
@@ -694,20 +732,40 @@ final class SessionRelay: Sendable {
 
     /// Sends `channel_closed` to both sides and closes their sockets.
     func close(output: String) {
-        let (client, agent) = self.state.withLock { state -> ((any Channel)?, (any Channel)?) in
+        let (client, agent, clientQueued, agentQueued) = self.state.withLock {
+            state -> ((any Channel)?, (any Channel)?, [ByteBuffer], [ByteBuffer]) in
             state.closed = true
             defer {
                 state.client = Side()
                 state.agent = Side()
             }
-            return (state.client.channel, state.agent.channel)
+            return (state.client.channel, state.agent.channel, state.client.outbox, state.agent.outbox)
         }
-        for (channel, agentForm) in [(client, false), (agent, true)] {
+        for (channel, agentForm, queued) in [(client, false, clientQueued), (agent, true, agentQueued)] {
             guard let channel, let frame = self.channelClosedFrame(output: output, agentForm: agentForm) else { continue }
+            // What was relayed before the end still goes, ahead of `channel_closed`.
+            for queuedFrame in queued { channel.write(WebSocketFrame(fin: true, opcode: .binary, data: queuedFrame), promise: nil) }
             channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame)).whenComplete { _ in
                 channel.close(promise: nil)
             }
         }
+    }
+}
+
+extension SessionRelay.Side {
+    /// Queues a frame for the connected socket; true when the caller must schedule the flush.
+    mutating func enqueue(_ frame: ByteBuffer) -> Bool {
+        self.outbox.append(frame)
+        guard !self.outboxFlushScheduled else { return false }
+        self.outboxFlushScheduled = true
+        return true
+    }
+
+    /// The socket is gone or replaced: what was queued for it is held, ahead of anything held since.
+    mutating func requeueOutbox() {
+        guard !self.outbox.isEmpty else { return }
+        self.pending.insert(contentsOf: self.outbox, at: 0)
+        self.outbox = []
     }
 }
 

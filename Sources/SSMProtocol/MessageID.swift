@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The 128-bit id every AgentMessage carries.
 ///
 /// Held as two big-endian halves of the logical UUID. On the wire the halves are swapped
@@ -22,6 +24,8 @@ public struct MessageID: Hashable, Sendable, CustomStringConvertible {
         return MessageID(high: high, low: low)
     }
 
+    /// From the system generator: one system call per id. Hot paths keep a ``FastRandom`` per channel
+    /// and call ``random(using:)``.
     public static func random() -> MessageID {
         var generator = SystemRandomNumberGenerator()
         return random(using: &generator)
@@ -29,11 +33,16 @@ public struct MessageID: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses the canonical 8-4-4-4-12 form (either case). Returns nil for anything else.
     public init?<S: StringProtocol>(_ text: S) {
+        self.init(utf8: text.utf8)
+    }
+
+    /// Parses the canonical form from its UTF-8 bytes.
+    public init?<C: Collection>(utf8 text: C) where C.Element == UInt8 {
         var high: UInt64 = 0
         var low: UInt64 = 0
         var nibbles = 0
         var position = 0
-        for byte in text.utf8 {
+        for byte in text {
             defer { position += 1 }
             if position == 8 || position == 13 || position == 18 || position == 23 {
                 guard byte == UInt8(ascii: "-") else { return nil }
@@ -59,6 +68,37 @@ public struct MessageID: Hashable, Sendable, CustomStringConvertible {
                 var shift = (nibbles - 1) * 4
                 while shift >= 0 {
                     out[index] = Self.hexDigits[Int((value >> UInt64(shift)) & 0xF)]
+                    index += 1
+                    shift -= 4
+                }
+            }
+            func dash() {
+                out[index] = UInt8(ascii: "-")
+                index += 1
+            }
+            put(self.high >> 32, nibbles: 8)
+            dash()
+            put((self.high >> 16) & 0xFFFF, nibbles: 4)
+            dash()
+            put(self.high & 0xFFFF, nibbles: 4)
+            dash()
+            put(self.low >> 48, nibbles: 4)
+            dash()
+            put(self.low & 0xFFFF_FFFF_FFFF, nibbles: 12)
+            return index
+        }
+    }
+
+    /// Writes the lowercase canonical form (36 bytes) into `buffer`, without making a `String`.
+    public func write(into buffer: inout ByteBuffer) {
+        buffer.reserveCapacity(minimumWritableBytes: 36)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 36) { out in
+            var index = 0
+            func put(_ value: UInt64, nibbles: Int) {
+                var shift = (nibbles - 1) * 4
+                while shift >= 0 {
+                    let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF
+                    out[index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble
                     index += 1
                     shift -= 4
                 }

@@ -71,11 +71,91 @@ public struct Acknowledgement: Hashable, Sendable, JSONPayload {
         buffer.writeStaticString("{\"AcknowledgedMessageType\":\"")
         buffer.writeString(self.acknowledgedMessageType.rawValue)
         buffer.writeStaticString("\",\"AcknowledgedMessageId\":\"")
-        buffer.writeString(self.acknowledgedMessageID.description)
+        self.acknowledgedMessageID.write(into: &buffer)
         buffer.writeStaticString("\",\"AcknowledgedMessageSequenceNumber\":")
-        buffer.writeString(String(self.acknowledgedSequenceNumber))
+        Self.writeDecimal(self.acknowledgedSequenceNumber, into: &buffer)
         buffer.writeStaticString(",\"IsSequentialMessage\":")
         buffer.writeStaticString(self.isSequentialMessage ? "true}" : "false}")
+    }
+
+    static func writeDecimal(_ value: Int64, into buffer: inout ByteBuffer) {
+        if value < 0 { buffer.writeInteger(UInt8(ascii: "-")) }
+        var magnitude = value.magnitude
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for the 19 digits of Int64.min
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var index = scratch.count
+            repeat {
+                index -= 1
+                scratch[index] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: magnitude % 10)
+                magnitude /= 10
+            } while magnitude > 0
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[index...]))
+        }
+    }
+
+    /// Reads an acknowledgement payload. The compact form both official peers (and this one) send is
+    /// read in place; anything else goes through the general JSON parser, with the same result.
+    public init(decoding payload: ByteBuffer) throws(PayloadError) {
+        if let fast = Self.decodeCompact(payload) {
+            self = fast
+        } else {
+            try self.init(json: JSONValue(parsing: payload))
+        }
+    }
+
+    /// `{"AcknowledgedMessageType":"…","AcknowledgedMessageId":"…","AcknowledgedMessageSequenceNumber":N,"IsSequentialMessage":true|false}`
+    /// exactly, no whitespace or escapes; nil for anything else.
+    static func decodeCompact(_ payload: ByteBuffer) -> Acknowledgement? {
+        payload.withUnsafeReadableBytes { bytes -> Acknowledgement? in
+            var position = 0
+            func expect(_ literal: StaticString) -> Bool {
+                let count = literal.utf8CodeUnitCount
+                guard bytes.count - position >= count else { return false }
+                let matches = literal.withUTF8Buffer { expected in
+                    expected.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[position..<(position + count)]))
+                }
+                if matches { position += count }
+                return matches
+            }
+            guard expect("{\"AcknowledgedMessageType\":\"") else { return nil }
+            let typeStart = position
+            while position < bytes.count, bytes[position] != UInt8(ascii: "\""), bytes[position] != UInt8(ascii: "\\") {
+                position += 1
+            }
+            guard position < bytes.count, bytes[position] == UInt8(ascii: "\""),
+                let type = MessageType.match(UnsafeRawBufferPointer(rebasing: bytes[typeStart..<position]))
+            else { return nil }
+            guard expect("\",\"AcknowledgedMessageId\":\""), bytes.count - position >= 36,
+                let id = MessageID(utf8: UnsafeRawBufferPointer(rebasing: bytes[position..<(position + 36)]))
+            else { return nil }
+            position += 36
+            guard expect("\",\"AcknowledgedMessageSequenceNumber\":") else { return nil }
+            let negative = position < bytes.count && bytes[position] == UInt8(ascii: "-")
+            if negative { position += 1 }
+            var magnitude: Int64 = 0
+            var digits = 0
+            while position < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[position]) {
+                // 18 digits always fit in Int64; longer numbers take the general path.
+                guard digits < 18 else { return nil }
+                magnitude = magnitude * 10 + Int64(bytes[position] - UInt8(ascii: "0"))
+                digits += 1
+                position += 1
+            }
+            // JSON has no leading zeros ("0" itself aside); the general parser decides those.
+            guard digits > 0, !(digits > 1 && bytes[position - digits] == UInt8(ascii: "0")) else { return nil }
+            guard expect(",\"IsSequentialMessage\":") else { return nil }
+            let sequential: Bool
+            if expect("true}") {
+                sequential = true
+            } else if expect("false}") {
+                sequential = false
+            } else {
+                return nil
+            }
+            guard position == bytes.count else { return nil }
+            return Acknowledgement(
+                messageType: type, messageID: id, sequenceNumber: negative ? -magnitude : magnitude, isSequentialMessage: sequential)
+        }
     }
 }
 

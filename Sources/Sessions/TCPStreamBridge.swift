@@ -21,6 +21,7 @@ final class TCPStreamBridge: ChannelInboundHandler, MuxStreamPeer {
     var localEOF = false
     var finished = false
     var lingerTask: Scheduled<Void>?
+    var flushPending = false
 
     init(connection: MuxConnection, linger: TimeAmount, onOpen: ((SmuxStreamID) -> Void)? = nil) {
         self.connection = connection
@@ -100,8 +101,18 @@ final class TCPStreamBridge: ChannelInboundHandler, MuxStreamPeer {
         }
     }
 
+    /// Destination bytes arrive one data message (1 KiB) at a time: they are written at once and
+    /// flushed once per event-loop tick, so a burst of messages is one send on the socket.
+    /// (Unflushed bytes count toward the socket's writability, so backpressure is unchanged.)
     func muxStreamReceived(_ data: ByteBuffer) {
-        self.context?.writeAndFlush(self.wrapOutboundOut(data), promise: nil)
+        guard let context = self.context else { return }
+        context.write(self.wrapOutboundOut(data), promise: nil)
+        guard !self.flushPending else { return }
+        self.flushPending = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushPending = false
+            self.context?.flush()
+        }
     }
 
     var muxStreamCanReceive: Bool { self.context?.channel.isWritable ?? true }
