@@ -61,28 +61,38 @@ final class SSHSessionWorker {
         ssh_session_set_disconnect_message(self.session, Self.disconnectMessage)
         guard let event = ssh_event_new() else { return }
         self.event = event
+        // The first step sends our banner and creates the session's poll context, which
+        // ssh_event_add_session needs (it moves the session's handles into the event).
+        let first = ssh_handle_key_exchange(self.session)
+        guard first == SSH_OK || first == SSH_AGAIN else {
+            self.logger.debug("SSH key exchange failed", metadata: ["error": "\(self.lastError)"])
+            return
+        }
         guard ssh_event_add_session(event, self.session) == SSH_OK,
             ssh_event_add_fd(event, self.shared.wakeup.descriptor, Int16(POLLIN), { _, _, _ in 0 }, nil) == SSH_OK
-        else { return }
-        guard self.keyExchange(event) else { return }
+        else {
+            self.logger.warning("SSH session setup failed: libssh could not poll the session")
+            return
+        }
+        guard first == SSH_OK || self.keyExchange(event) else { return }
         self.mainLoop(event)
     }
 
     private func keyExchange(_ event: OpaquePointer) -> Bool {
         let deadline = NIODeadline.now() + .seconds(Int64(self.core.configuration.handshakeTimeoutSeconds))
         while true {
+            guard !self.shared.stopRequested, let timeout = Self.milliseconds(until: deadline) else {
+                self.logger.debug("SSH key exchange did not finish in time")
+                return false
+            }
+            self.shared.wakeup.drain()
+            _ = ssh_event_dopoll(event, timeout)
             let rc = ssh_handle_key_exchange(self.session)
             if rc == SSH_OK { return true }
             guard rc == SSH_AGAIN else {
                 self.logger.debug("SSH key exchange failed", metadata: ["error": "\(self.lastError)"])
                 return false
             }
-            guard !self.shared.stopRequested, let timeout = Self.milliseconds(until: deadline) else {
-                self.logger.debug("SSH key exchange did not finish in time")
-                return false
-            }
-            self.shared.wakeup.drain()
-            if ssh_event_dopoll(event, timeout) == SSH_ERROR, self.sessionGone { return false }
         }
     }
 
