@@ -232,6 +232,8 @@ final class GatewayFixture: Sendable {
                   Port \(port)
                   User alice
                   IdentityFile \(scratch.file("gw_\(key)"))
+                  # OpenSSH logs a refused channel ("open failed: …: <reason>") at INFO, its default.
+                  LogLevel INFO
 
                 """
         }
