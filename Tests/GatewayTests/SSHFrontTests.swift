@@ -76,6 +76,7 @@ struct SSHFrontTests {
                 "KexAlgorithms=curve25519-sha256", "KexAlgorithms=curve25519-sha256@libssh.org", "KexAlgorithms=ecdh-sha2-nistp256",
                 "KexAlgorithms=ecdh-sha2-nistp384", "KexAlgorithms=ecdh-sha2-nistp521", "KexAlgorithms=diffie-hellman-group16-sha512",
                 "KexAlgorithms=diffie-hellman-group18-sha512", "KexAlgorithms=diffie-hellman-group14-sha256",
+                "KexAlgorithms=diffie-hellman-group-exchange-sha256",
                 "HostKeyAlgorithms=ssh-ed25519", "HostKeyAlgorithms=ecdsa-sha2-nistp256", "HostKeyAlgorithms=rsa-sha2-512",
                 "HostKeyAlgorithms=rsa-sha2-256",
                 "Ciphers=aes128-ctr -o MACs=hmac-sha2-256-etm@openssh.com", "Ciphers=aes128-ctr -o MACs=hmac-sha2-512-etm@openssh.com",

@@ -179,6 +179,12 @@ final class LibSSHBind: @unchecked Sendable {
         var processConfig = false
         ssh_bind_options_set(handle, SSH_BIND_OPTIONS_PROCESS_CONFIG, &processConfig)
         ssh_bind_options_set(handle, SSH_BIND_OPTIONS_BANNER, "ssmgate")
+        // libssh's server default leaves out the HMAC-SHA1 MACs, which older clients of database
+        // tools (JSch, libssh2) still need; HMAC-SHA1 remains sound as a MAC. OpenSSH picks a
+        // SHA-2 MAC first either way.
+        let macs = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256,hmac-sha2-512,hmac-sha1-etm@openssh.com,hmac-sha1"
+        ssh_bind_options_set(handle, SSH_BIND_OPTIONS_HMAC_C_S, macs)
+        ssh_bind_options_set(handle, SSH_BIND_OPTIONS_HMAC_S_C, macs)
         var failure: String?
         for key in hostKeys {
             // The bind takes ownership of an imported key (ssh_bind_free frees it).
