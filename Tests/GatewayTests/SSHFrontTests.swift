@@ -151,6 +151,43 @@ struct SSHFrontTests {
         }
     }
 
+    @Test("ssh -W half-close: the client's EOF reaches the destination, whose answer still comes back", .timeLimit(.minutes(1)))
+    func halfCloseThroughW() async throws {
+        try await GatewayFixture.with(withSSHD: false) { fixture in
+            let echo = try await EchoServer()
+            defer { Task { await echo.close() } }
+            let input = String(repeating: "0123456789abcdef", count: 40_000) + "\n"  // 640 KB: more than a window
+            let result = try await fixture.ssh(["-W", "127.0.0.1:\(echo.port)", "gw-ed25519"], stdin: input)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout == input)
+            let records = try await fixture.waitForRecords(1)
+            #expect(records.first?.bytesFromClient == input.utf8.count)
+            #expect(records.first?.bytesToClient == input.utf8.count)
+        }
+    }
+
+    @Test("shutdown ends open sessions and joins their threads; the client sees the connection close", .timeLimit(.minutes(1)))
+    func shutdownWithOpenSession() async throws {
+        try await GatewayFixture.with(withSSHD: true) { fixture in
+            let client = Task { try await fixture.ssh(["-J", "gw-ed25519", "target", "sleep", "20"]) }
+            let deadline = Date().addingTimeInterval(10)
+            while fixture.front.openChannels == 0, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(fixture.front.openSessions == 1)
+            #expect(fixture.front.openChannels == 1)
+            let started = Date()
+            let front = fixture.front
+            try await offPool { front.shutdown() }
+            #expect(Date().timeIntervalSince(started) < 5)
+            #expect(front.openSessions == 0)
+            #expect(front.openChannels == 0)
+            let result = try await client.value
+            #expect(result.status == 255)
+            #expect(Date().timeIntervalSince(started) < 10)
+            let records = try await fixture.waitForRecords(1)
+            #expect(records.first?.outcome == "gateway_stopping")
+        }
+    }
+
     @Test("Host keys are created 0600 on first start and reused on the next", .timeLimit(.minutes(1)))
     func hostKeysPersist() async throws {
         let directory = try ScratchDirectory("ssh-front-keys")
@@ -291,17 +328,17 @@ final class GatewayFixture: Sendable {
         self.sshd?.stop()
     }
 
-    func ssh(_ arguments: [String], timeout: Int = 30) async throws -> CommandResult {
-        try await self.tool("ssh", arguments, timeout: timeout)
+    func ssh(_ arguments: [String], timeout: Int = 30, stdin: String? = nil) async throws -> CommandResult {
+        try await self.tool("ssh", arguments, timeout: timeout, stdin: stdin)
     }
 
     /// Runs an OpenSSH tool with our ssh_config, bounded by coreutils `timeout`.
-    func tool(_ name: String, _ arguments: [String], timeout: Int, useConfig: Bool = true) async throws -> CommandResult {
+    func tool(_ name: String, _ arguments: [String], timeout: Int, useConfig: Bool = true, stdin: String? = nil) async throws -> CommandResult {
         guard let executable = findExecutable(name), let timeoutTool = findExecutable("timeout") else { throw ToolMissing(tool: name) }
         let configArguments = useConfig ? ["-F", self.config] : []
         return try await run(
             timeoutTool, ["-k", "5", "\(timeout)", executable] + configArguments + arguments,
-            environment: ProcessInfo.processInfo.environment)
+            environment: ProcessInfo.processInfo.environment, stdin: stdin)
     }
 
     /// The streams finished so far, once there are at least `count` (the session thread records
