@@ -174,6 +174,14 @@ struct SSHFrontTests {
             while fixture.front.openChannels == 0, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
             #expect(fixture.front.openSessions == 1)
             #expect(fixture.front.openChannels == 1)
+            // An idle session blocks in poll(2): no spinning while `sleep` runs.
+            let idleCPU = try await offPool { () -> Double in
+                let before = processCPUSeconds()
+                usleep(1_000_000)
+                return processCPUSeconds() - before
+            }
+            print("SSHFront idle session: \(String(format: "%.3f", idleCPU)) s CPU in 1 s")
+            #expect(idleCPU < 0.3, "the test process used \(idleCPU) s of CPU in 1 s with one idle SSH session")
             let started = Date()
             let front = fixture.front
             try await offPool { front.shutdown() }
@@ -221,6 +229,13 @@ struct SSHFrontTests {
 }
 
 // MARK: - Fixture
+
+/// User plus system CPU time of this process so far.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
 
 /// Runs blocking work (key generation, joining threads) off the cooperative pool.
 func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
