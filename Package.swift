@@ -259,6 +259,7 @@ let package = Package(
                 "Gateway",
                 "LocalSSM",
                 "Relay",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
