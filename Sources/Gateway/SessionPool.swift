@@ -52,7 +52,8 @@ final class PooledChannel {
     let document: String
     let sessionID: String
     let mux: MuxConnection
-    unowned let pool: SessionPool
+    /// Weak: streams may outlive a gateway that has shut down.
+    weak var pool: SessionPool?
     var streams = 0
     var idleTask: Scheduled<Void>?
     var closed = false
@@ -67,7 +68,7 @@ final class PooledChannel {
 
     func streamEnded() {
         self.streams -= 1
-        self.pool.channelBecameLess(loaded: self)
+        self.pool?.channelBecameLess(loaded: self)
     }
 }
 
@@ -224,7 +225,7 @@ final class SessionPool {
             }
             let mux = MuxConnection(channel: channel, session: session)
             let pooled = PooledChannel(route: route, document: route.document, sessionID: sessionID, mux: mux, pool: self)
-            mux.onClose = { [unowned self] error in self.channelClosed(pooled, state: state, error: error) }
+            mux.onClose = { [weak self] error in self?.channelClosed(pooled, state: state, error: error) }
             mux.onNotice = { [logger = self.logger] text in logger.notice("\(text)", metadata: ["session": "\(sessionID)"]) }
             state.channels.append(pooled)
             self.metrics.pooledSessions(self.pooledSessionCount)
@@ -233,7 +234,7 @@ final class SessionPool {
             self.scheduleIdleClose(pooled)
         case .failure(let error):
             self.metrics.sessionFailed()
-            if case .mux = state.mode, route.remoteHost == nil, route.port == 22, Self.isAccessDenied(error) {
+            if case .mux = state.mode, route.remoteHost == nil, Self.isAccessDenied(error) {
                 // IAM allows only AWS-StartSSHSession here: one session per connection from now on.
                 state.mode = .sshDocument
                 self.logger.notice("port forwarding denied; falling back to AWS-StartSSHSession", metadata: ["target": "\(route.target)"])
@@ -338,7 +339,8 @@ final class SessionPool {
                 do {
                     let channel = try source.makeChannel(loop)
                     let description = RouteDescription(target: route.target, document: document, sessionID: source.sessionID)
-                    let stream = DedicatedSessionStream(channel: channel, route: description, linger: linger) { [unowned self] in
+                    let stream = DedicatedSessionStream(channel: channel, route: description, linger: linger) { [weak self] in
+                        guard let self else { return }
                         self.dedicatedCount -= 1
                         self.starter.terminateSession(route: route, sessionID: source.sessionID, user: user)
                         self.metrics.streamClosed()
@@ -377,7 +379,8 @@ final class SessionPool {
             return
         }
         self.dedicatedCount += 1
-        let stream = DedicatedSessionStream(channel: channel, route: description, linger: self.settings.linger) { [unowned self] in
+        let stream = DedicatedSessionStream(channel: channel, route: description, linger: self.settings.linger) { [weak self] in
+            guard let self else { return }
             self.dedicatedCount -= 1
             self.starter.terminateSession(route: route, sessionID: sessionID, user: user)
             self.metrics.streamClosed()

@@ -24,7 +24,7 @@ struct SSMGate: AsyncParsableCommand {
             """,
         version: SSMGateVersion.description,
         subcommands: [
-            ProxyCommand.self, ForwardCommand.self, ShellCommand.self, InstallPluginCommand.self,
+            ServeCommand.self, ProxyCommand.self, ForwardCommand.self, ShellCommand.self, InstallPluginCommand.self,
             LocalCommand.self, DecodeCommand.self, InspectCommand.self,
         ]
     )

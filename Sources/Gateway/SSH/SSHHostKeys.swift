@@ -16,6 +16,12 @@ enum SSHHostKeys {
     /// Loads each key from `directory`, creating the directory (0700) and missing keys (0600).
     /// The caller owns the returned keys.
     static func loadOrCreate(in directory: String) throws -> [OpaquePointer] {
+        // Parents first (~/.ssmgate on a first run), each private to the user.
+        var prefix = ""
+        for component in directory.split(separator: "/", omittingEmptySubsequences: true).dropLast() {
+            prefix += "/" + component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST { break }
+        }
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SSHFrontError("cannot create the host key directory \(directory): \(String(cString: strerror(errno)))")
         }

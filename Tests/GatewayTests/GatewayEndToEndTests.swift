@@ -1,0 +1,322 @@
+import Foundation
+import Gateway
+import LocalSSM
+import NIOCore
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The gateway with real clients (OpenSSH ssh/scp/sftp, rsync, curl) against the embedded emulator
+/// and a real sshd on loopback. Serialized: each test moves real bytes through real processes.
+@Suite("Gateway end to end", .serialized)
+struct GatewayEndToEndTests {
+    static let environment = ProcessInfo.processInfo.environment
+
+    func tool(_ name: String, package: String) throws -> String {
+        guard let path = findExecutable(name) else { throw ToolMissing(tool: package) }
+        return path
+    }
+
+    @Test("ssh -J, sftp -J and rsync through the gateway with Ed25519, ECDSA and RSA user keys")
+    func jumpWithEveryKeyType() async throws {
+        let gateway = try await GatewayHarness.start()
+        defer { Task { await gateway.stop() } }
+        let ssh = try self.tool("ssh", package: "openssh-client")
+        for user in ["alice", "bob", "carol"] {
+            let result = try await run(ssh, gateway.jumpOptions(as: user) + [gateway.destination, "echo jumped-$((6*7))"], environment: Self.environment)
+            #expect(result.status == 0, "ssh -J as \(user): \(result.stderr)")
+            #expect(result.stdout.contains("jumped-42"))
+        }
+        // sftp -J: put and get a file.
+        let sftp = try self.tool("sftp", package: "openssh-client")
+        let source = gateway.scratch.file("sftp-up.bin")
+        let digest = try writeRandomFile(source, bytes: 1 << 20, seed: 7)
+        let fetched = gateway.scratch.file("sftp-down.bin")
+        let batch = "put \(source) sftp-\(getpid()).bin\nget sftp-\(getpid()).bin \(fetched)\nrm sftp-\(getpid()).bin\n"
+        let sftpResult = try await run(sftp, ["-b", "-"] + gateway.jumpOptions(as: "bob") + [gateway.destination], environment: Self.environment, stdin: batch)
+        #expect(sftpResult.status == 0, "sftp -J: \(sftpResult.stderr)")
+        #expect(try sha256(ofFile: fetched) == digest)
+        // rsync -e 'ssh -J …'.
+        let rsync = try self.tool("rsync", package: "rsync")
+        let tree = gateway.scratch.file("tree")
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        let treeDigest = try writeRandomFile(tree + "/data.bin", bytes: 4 << 20, seed: 11)
+        let remote = "\(gateway.destination):\(gateway.scratch.file("rsynced"))/"
+        let shell = "ssh -F \(gateway.sshConfig) -J gw-carol"
+        let rsyncResult = try await run(rsync, ["-a", "-e", shell, tree + "/", remote], environment: Self.environment)
+        #expect(rsyncResult.status == 0, "rsync: \(rsyncResult.stderr)")
+        #expect(try sha256(ofFile: gateway.scratch.file("rsynced") + "/data.bin") == treeDigest)
+        // Every stream has an open and a close line naming its user and key.
+        let closes = await gateway.closeLines(atLeast: 5)
+        #expect(Set(closes.compactMap { $0["user"] as? String }).isSuperset(of: ["alice", "bob", "carol"]))
+        #expect(closes.allSatisfy { ($0["key_fingerprint"] as? String)?.hasPrefix("SHA256:") == true })
+        #expect(closes.allSatisfy { $0["front"] as? String == "ssh" && $0["target"] as? String == GatewayHarness.instance })
+    }
+
+    @Test("scp -J moves 64 MiB each way intact, and the audit log counts the bytes")
+    func scpBothWays() async throws {
+        let gateway = try await GatewayHarness.start()
+        defer { Task { await gateway.stop() } }
+        let scp = try self.tool("scp", package: "openssh-client")
+        let size = 64 << 20
+        let source = gateway.scratch.file("up.bin")
+        let digest = try writeRandomFile(source, bytes: size, seed: 64)
+        let remotePath = gateway.scratch.file("remote.bin")
+        let up = try await run(scp, gateway.jumpOptions() + [source, "\(gateway.destination):\(remotePath)"], environment: Self.environment)
+        #expect(up.status == 0, "scp up: \(up.stderr)")
+        #expect(try sha256(ofFile: remotePath) == digest)
+        let back = gateway.scratch.file("down.bin")
+        let down = try await run(scp, gateway.jumpOptions() + ["\(gateway.destination):\(remotePath)", back], environment: Self.environment)
+        #expect(down.status == 0, "scp down: \(down.stderr)")
+        #expect(try sha256(ofFile: back) == digest)
+        let closes = await gateway.closeLines(atLeast: 2)
+        #expect(closes.count == 2)
+        let fromClient = closes.compactMap { $0["bytes_from_client"] as? Int }
+        let toClient = closes.compactMap { $0["bytes_to_client"] as? Int }
+        // SSH framing adds a little; the payload is there in full, in the right direction.
+        #expect(fromClient.count == 2 && fromClient[0] > size && fromClient[0] < size + size / 8)
+        #expect(toClient.count == 2 && toClient[1] > size && toClient[1] < size + size / 8)
+        #expect(closes.allSatisfy { $0["outcome"] as? String == "ok" && $0["document"] as? String == "AWS-StartPortForwardingSession" })
+    }
+
+    @Test("A wrong key is refused; a denied or unknown target is refused with a message ssh shows")
+    func refusals() async throws {
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            // bob may reach the instance's ssh only on another port.
+            configuration.users[1].rules = [AccessRule(targets: ["name:local"], ports: [1...21])]
+        }
+        defer { Task { await gateway.stop() } }
+        let ssh = try self.tool("ssh", package: "openssh-client")
+        let keygen = try self.tool("ssh-keygen", package: "openssh-client")
+        let stranger = gateway.scratch.file("stranger_key")
+        _ = try await run(keygen, ["-q", "-t", "ed25519", "-N", "", "-f", stranger], environment: Self.environment)
+        // The jump host's own options come from the config: an entry with only the stranger's key.
+        let strangerConfig = gateway.scratch.file("stranger_config")
+        try """
+            Host gw-stranger
+              HostName 127.0.0.1
+              Port \(gateway.server.bound.ssh!)
+              User alice
+              IdentityFile \(stranger)
+              IdentitiesOnly yes
+              StrictHostKeyChecking no
+              UserKnownHostsFile /dev/null
+              BatchMode yes
+            """.write(toFile: strangerConfig, atomically: true, encoding: .utf8)
+        let refused = try await run(ssh, ["-F", strangerConfig, "gw-stranger", "true"], environment: Self.environment)
+        #expect(refused.status == 255)
+        #expect(refused.stderr.contains("Permission denied"), "\(refused.stderr)")
+        let denied = try await run(ssh, gateway.jumpOptions(as: "bob") + [gateway.destination, "true"], environment: Self.environment)
+        #expect(denied.status == 255)
+        #expect(denied.stderr.contains("Access denied"), "ssh should show the denial: \(denied.stderr)")
+        let unknown = try await run(ssh, gateway.jumpOptions() + ["-p", "\(gateway.sshd.port)", "\(gateway.sshd.user)@no-such-node", "true"], environment: Self.environment)
+        #expect(unknown.status == 255)
+        #expect(unknown.stderr.contains("No managed node is called 'no-such-node'"), "\(unknown.stderr)")
+        let refusedLines = gateway.auditLines().filter { $0["event"] as? String == "refused" }
+        #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("denied") == true && $0["user"] as? String == "bob" })
+        #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("unknown_target") == true })
+    }
+
+    @Test("Plain `ssh gw` prints the help text with the reachable targets and exits 0")
+    func helpText() async throws {
+        let gateway = try await GatewayHarness.start()
+        defer { Task { await gateway.stop() } }
+        let ssh = try self.tool("ssh", package: "openssh-client")
+        let result = try await run(ssh, ["-F", gateway.sshConfig, "gw-alice"], environment: Self.environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("jump host"))
+        #expect(result.stdout.contains(GatewayHarness.instance))
+    }
+}
+
+/// Remaining fronts end to end: SOCKS5, HTTP CONNECT, static forwards (psql), the daemon socket,
+/// the pool under 50 parallel connections, and `ssmgate serve --local` as a process.
+@Suite("Gateway fronts end to end", .serialized)
+struct GatewayFrontsEndToEndTests {
+    static let environment = ProcessInfo.processInfo.environment
+
+    @Test("curl through SOCKS5 (hostname and Name tag) and HTTP CONNECT reaches a local HTTP server")
+    func curlThroughProxies() async throws {
+        guard let curl = findExecutable("curl"), let python = findExecutable("python3") else { throw ToolMissing(tool: "curl and python3") }
+        let gateway = try await GatewayHarness.start()
+        defer { Task { await gateway.stop() } }
+        let webRoot = gateway.scratch.file("web")
+        try FileManager.default.createDirectory(atPath: webRoot, withIntermediateDirectories: true)
+        let digest = try writeRandomFile(webRoot + "/blob.bin", bytes: 3 << 20, seed: 3)
+        let port = try await freePort()
+        let web = try SpawnedDaemon(python, ["-m", "http.server", "--bind", "127.0.0.1", "--directory", webRoot, String(port)], logFile: gateway.scratch.file("web.log"))
+        defer { web.stop() }
+        #expect(await waitForPort(port, within: 15))
+        let socks = gateway.server.bound.socks!
+        let http = gateway.server.bound.http!
+        for (label, arguments) in [
+            ("socks5 id", ["--socks5-hostname", "127.0.0.1:\(socks)", "http://\(GatewayHarness.instance):\(port)/blob.bin"]),
+            ("socks5 Name tag", ["--socks5-hostname", "127.0.0.1:\(socks)", "http://local:\(port)/blob.bin"]),
+            ("socks5 .ssm suffix", ["--socks5-hostname", "127.0.0.1:\(socks)", "http://local.ssm:\(port)/blob.bin"]),
+            ("http connect", ["-p", "--proxy", "http://127.0.0.1:\(http)", "http://\(GatewayHarness.instance):\(port)/blob.bin"]),
+            ("http connect Name tag", ["-p", "--proxy", "http://127.0.0.1:\(http)", "http://local:\(port)/blob.bin"]),
+        ] {
+            let output = gateway.scratch.file("curl-\(label.replacingOccurrences(of: " ", with: "-")).bin")
+            let result = try await run(curl, ["-sS", "--max-time", "60", "-o", output] + arguments, environment: Self.environment)
+            #expect(result.status == 0, "\(label): \(result.stderr)")
+            #expect(try sha256(ofFile: output) == digest, "\(label)")
+        }
+        let unknown = try await run(curl, ["-sS", "--max-time", "30", "--socks5-hostname", "127.0.0.1:\(socks)", "http://nowhere:\(port)/"], environment: Self.environment)
+        #expect(unknown.status != 0)
+        let closes = await gateway.closeLines(atLeast: 6).filter { $0["outcome"] as? String == "ok" }
+        #expect(closes.filter { $0["front"] as? String == "socks5" }.count == 3)
+        #expect(closes.filter { $0["front"] as? String == "http-connect" }.count == 2)
+        #expect(closes.allSatisfy { ($0["bytes_to_client"] as? Int ?? 0) > 3 << 20 })
+    }
+
+    @Test("50 connections at once over one route share pooled sessions and all arrive intact")
+    func fiftyConnectionsSharePool() async throws {
+        let echo = try await EchoServer()
+        let pooled = try await GatewayHarness.start { configuration, _ in
+            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
+        }
+        defer {
+            Task {
+                await pooled.stop()
+                await echo.close()
+            }
+        }
+        let port = pooled.server.bound.forwards[0]
+        let results = try await withThrowingTaskGroup(of: EchoResult.self) { group in
+            for index in 0..<50 {
+                group.addTask { try await echoThrough(port: port, bytes: 256 << 10, seed: UInt64(index)) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.count == 50)
+        #expect(results.allSatisfy { $0.received == $0.sent && $0.receivedSHA256 == $0.sentSHA256 })
+        let metrics = try await pooled.metricsText()
+        let streams = GatewayHarness.metric(metrics, "ssmgate_pooled_streams_total") ?? 0
+        let sessions = GatewayHarness.metric(metrics, "ssmgate_sessions_started_total") ?? 0
+        #expect(streams == 50, "\(metrics)")
+        #expect(sessions >= 2 && sessions <= 8, "sessions started: \(sessions)")
+        // Wait for the close lines (streams close as their echo finishes).
+        var closes: [[String: Any]] = []
+        for _ in 0..<300 {
+            closes = pooled.auditLines().filter { $0["event"] as? String == "close" }
+            if closes.count == 50 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(closes.count == 50)
+        #expect(closes.allSatisfy { $0["bytes_from_client"] as? Int == 256 << 10 && $0["bytes_to_client"] as? Int == 256 << 10 })
+        let used = Set(closes.compactMap { $0["session_id"] as? String }).count
+        #expect(used >= 2 && used <= Int(sessions), "streams used \(used) of \(sessions) sessions")
+    }
+
+    @Test("psql runs queries through a static forward and through AWS-StartPortForwardingSessionToRemoteHost")
+    func psqlThroughForwards() async throws {
+        let postgres = try await PostgresServer.start()
+        defer { postgres.stop() }
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.forwards = [
+                .init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: postgres.port),
+                .init(listen: .init(host: "127.0.0.1", port: 0), target: "local", remoteHost: "127.0.0.1", port: postgres.port),
+            ]
+        }
+        defer { Task { await gateway.stop() } }
+        guard let psql = findExecutable("psql") else { throw ToolMissing(tool: "postgresql-client") }
+        for port in gateway.server.bound.forwards {
+            let result = try await run(
+                psql, ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-d", "postgres", "-At", "-c",
+                       "create table if not exists t(x int); insert into t values (\(port)); select sum(x) > 0, count(*) >= 1 from t;"],
+                environment: Self.environment.merging(["PGCONNECT_TIMEOUT": "30"]) { $1 })
+            #expect(result.status == 0, "psql via \(port): \(result.stderr)")
+            #expect(result.stdout.contains("t|t"), "\(result.stdout)")
+        }
+        let documents = Set(await gateway.closeLines(atLeast: 2).compactMap { $0["document"] as? String })
+        #expect(documents == ["AWS-StartPortForwardingSession", "AWS-StartPortForwardingSessionToRemoteHost"])
+    }
+
+    @Test("`ssmgate proxy` as ProxyCommand uses the running daemon's pool through its socket")
+    func proxyThroughDaemonSocket() async throws {
+        let gateway = try await GatewayHarness.start()
+        defer { Task { await gateway.stop() } }
+        let ssmgate = try ssmgateExecutable()
+        guard let ssh = findExecutable("ssh") else { throw ToolMissing(tool: "openssh-client") }
+        var environment = Self.environment
+        environment["SSMGATE_DAEMON_SOCKET"] = gateway.server.bound.daemonSocket!
+        // No AWS settings at all: only the daemon can serve this.
+        for name in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM", "AWS_ACCESS_KEY_ID"] { environment[name] = nil }
+        let result = try await run(
+            ssh, gateway.sshd.clientOptions(proxy: "\(ssmgate) proxy %h %p") + ["-p", "\(gateway.sshd.port)", gateway.destination, "echo via-daemon"],
+            environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("via-daemon"))
+        #expect(await gateway.closeLines(atLeast: 1).contains { $0["front"] as? String == "daemon" })
+        let refused = try await run(
+            ssh, gateway.sshd.clientOptions(proxy: "\(ssmgate) proxy %h %p") + ["-p", "\(gateway.sshd.port)", "\(gateway.sshd.user)@no-such-node", "true"],
+            environment: environment)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("No managed node is called"), "\(refused.stderr)")
+    }
+
+    @Test("Where IAM allows only AWS-StartSSHSession, ssh -J falls back to it")
+    func fallbackToSSHDocument() async throws {
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            var local = configuration.localConfiguration!
+            local.credentials = [.init(accessKeyID: "test", secretAccessKey: "test", allowedDocuments: ["AWS-StartSSHSession"])]
+            configuration.localConfiguration = local
+        }
+        defer { Task { await gateway.stop() } }
+        guard let ssh = findExecutable("ssh") else { throw ToolMissing(tool: "openssh-client") }
+        for _ in 0..<2 {
+            let result = try await run(ssh, gateway.jumpOptions() + [gateway.destination, "echo fallback"], environment: Self.environment)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout.contains("fallback"), "\(gateway.auditLines())")
+        }
+        let closes = await gateway.closeLines(atLeast: 2)
+        #expect(closes.count == 2)
+        #expect(closes.allSatisfy { $0["document"] as? String == "AWS-StartSSHSession" })
+    }
+
+    @Test("`ssmgate serve --local` starts with the defaults' shape, takes the user's own key, and stops on SIGTERM")
+    func serveLocalProcess() async throws {
+        let ssmgate = try ssmgateExecutable()
+        guard let ssh = findExecutable("ssh"), let keygen = findExecutable("ssh-keygen") else { throw ToolMissing(tool: "openssh-client") }
+        let sshd = try await SSHServer.start()
+        defer { sshd.stop() }
+        let home = try ScratchDirectory("serve-home")
+        defer { home.remove() }
+        try FileManager.default.createDirectory(atPath: home.file(".ssh"), withIntermediateDirectories: true)
+        _ = try await run(keygen, ["-q", "-t", "ed25519", "-N", "", "-f", home.file(".ssh/id_ed25519")], environment: Self.environment)
+        let ports = try await (freePort(), freePort(), freePort(), freePort())
+        var environment = Self.environment
+        environment["HOME"] = home.path
+        environment["SSMGATE_DAEMON_SOCKET"] = home.file("daemon.sock")
+        let process = try BackgroundProcess(ssmgate, [
+            "serve", "--local", "--limits", "unlimited", "--ssh-listen", "127.0.0.1:\(ports.0)", "--socks-listen", "127.0.0.1:\(ports.1)",
+            "--http-listen", "127.0.0.1:\(ports.2)", "--metrics-listen", "127.0.0.1:\(ports.3)", "--audit-log", home.file("audit.jsonl"),
+        ], environment: environment)
+        defer { process.cleanUp() }
+        #expect(await process.waitForOutput(containing: "SSH jump host", within: 60), "\(process.text)")
+        #expect(process.text.contains("127.0.0.1:\(ports.1)") && process.text.contains("/metrics"))
+        let config = home.file("ssh_config")
+        try """
+            Host gw
+              HostName 127.0.0.1
+              Port \(ports.0)
+              IdentityFile \(home.file(".ssh/id_ed25519"))
+            Host *
+              IdentitiesOnly yes
+              IdentityFile \(sshd.userKey)
+              StrictHostKeyChecking no
+              UserKnownHostsFile /dev/null
+              BatchMode yes
+              LogLevel ERROR
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let result = try await run(ssh, ["-F", config, "-J", "gw", "-p", "\(sshd.port)", "\(sshd.user)@local", "echo served"], environment: Self.environment)
+        #expect(result.status == 0, "\(result.stderr)\n\(process.text)")
+        #expect(result.stdout.contains("served"))
+        process.signalGroup(SIGTERM)
+        let status = await process.waitForExit(within: 30)
+        #expect(status == 0, "\(process.text)")
+    }
+}

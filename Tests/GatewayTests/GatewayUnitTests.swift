@@ -1,0 +1,108 @@
+import Foundation
+import Gateway
+import LocalSSM
+import NIOCore
+import TestSupport
+import Testing
+
+@Suite("Gateway configuration, routing and access rules")
+struct GatewayUnitTests {
+    @Test("A full configuration parses; defaults fill the rest")
+    func parsesConfiguration() throws {
+        let yaml = """
+            listen: {ssh: "0.0.0.0:2200", socks: off, http: "127.0.0.1:3129"}
+            aws: {profile: gw, region: eu-west-1}
+            audit_log: /tmp/audit.jsonl
+            suffix: .aws
+            aliases: {web: i-0123456789abcdef0}
+            routes:
+              - {match: "*.rds.amazonaws.com", via: web}
+            forwards:
+              - {listen: "127.0.0.1:15432", target: web, remote_host: db.rds.amazonaws.com, port: 5432}
+            pool: {sessions_per_route: 4, streams_per_session: 3, idle_seconds: 60}
+            users:
+              alice:
+                keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2bnMbhlnMPv3S8PlPxXNcObZrF8oYQzdJ8VLm3QkF8 alice@laptop"]
+                role_arn: arn:aws:iam::123456789012:role/alice
+                allow:
+                  - {targets: ["name:web-*"], ports: [22, "8000-8100"]}
+            """
+        let configuration = try GatewayConfiguration.parse(yaml: yaml, file: "gw.yaml")
+        #expect(configuration.ssh == .init(host: "0.0.0.0", port: 2200))
+        #expect(configuration.socks == nil)
+        #expect(configuration.http == .init(host: "127.0.0.1", port: 3129))
+        #expect(configuration.metrics == .init(host: "127.0.0.1", port: 9464))
+        #expect(configuration.profile == "gw" && configuration.region == "eu-west-1")
+        #expect(configuration.router.suffix == ".aws")
+        #expect(configuration.router.remoteHostRoutes == [RemoteHostRoute(pattern: "*.rds.amazonaws.com", via: "web")])
+        #expect(configuration.forwards.first?.remoteHost == "db.rds.amazonaws.com")
+        #expect(configuration.pool.sessionsPerRoute == 4 && configuration.pool.streamsPerSession == 3)
+        let alice = try #require(configuration.users.first)
+        #expect(alice.roleARN == "arn:aws:iam::123456789012:role/alice")
+        #expect(alice.rules == [AccessRule(targets: ["name:web-*"], ports: [22...22, 8000...8100])])
+    }
+
+    @Test("Bad configuration names the file, line and key, and says what was expected", arguments: [
+        ("listen: {ssh: nowhere}", "gw.yaml:1", "listen.ssh"),
+        ("pool:\n  sessions_per_rout: 3", "gw.yaml:2", "pool.sessions_per_rout"),
+        ("users:\n  bob:\n    keys: [\"not a key\"]", "gw.yaml:3", "users.bob.keys"),
+        ("users:\n  bob:\n    allow:\n      - {targets: [\"*\"], ports: [\"9-2\"]}", "gw.yaml:4", "users.bob.allow[0].ports"),
+        ("users:\n  bob:\n    role_arn: admin", "gw.yaml:3", "users.bob.role_arn"),
+        ("tls: true", "gw.yaml:1", "tls"),
+    ])
+    func rejectsBadConfiguration(yaml: String, location: String, key: String) {
+        #expect {
+            _ = try GatewayConfiguration.parse(yaml: yaml, file: "gw.yaml")
+        } throws: { error in
+            guard let error = error as? ConfigurationError else { return false }
+            return error.file == location && error.key == key && !error.problem.isEmpty
+        }
+    }
+
+    @Test("Ids, aliases, the .ssm suffix and remote-host routes resolve without any AWS call")
+    func routes() async throws {
+        var configuration = Router.Configuration()
+        configuration.aliases = ["web": "i-0123456789abcdef0", "db-bastion": "web"]
+        configuration.remoteHostRoutes = [RemoteHostRoute(pattern: "*.rds.amazonaws.com", via: "db-bastion")]
+        let router = Router(configuration: configuration, directory: InstanceDirectory(ssm: nil, ec2: nil))
+        #expect(try await router.resolve(host: "mi-0123456789abcdef0").target.id == "mi-0123456789abcdef0")
+        #expect(try await router.resolve(host: "web").target.id == "i-0123456789abcdef0")
+        #expect(try await router.resolve(host: "web.ssm").target.id == "i-0123456789abcdef0")
+        let remote = try await router.resolve(host: "prod.abc.eu-west-1.rds.amazonaws.com")
+        #expect(remote.target.id == "i-0123456789abcdef0" && remote.remoteHost == "prod.abc.eu-west-1.rds.amazonaws.com")
+        await #expect {
+            _ = try await router.resolve(host: "nothing-here")
+        } throws: { ($0 as? StreamOpenError)?.kind == .unknownTarget }
+    }
+
+    @Test("Access rules match ids, Name and tag globs, remote hosts and port ranges")
+    func accessRules() {
+        let web = TargetInfo(id: "i-0abc", name: "web-1", tags: ["Env": "dev"])
+        let user = GatewayUser(name: "alice", keys: [], rules: [
+            AccessRule(targets: ["name:web-*"], ports: [22...22]),
+            AccessRule(targets: ["tag:Env=prod"]),
+            AccessRule(targets: ["host:*.rds.amazonaws.com"], ports: [5432...5432]),
+        ])
+        #expect(user.allows(web, remoteHost: nil, typedHost: "web-1", port: 22))
+        #expect(!user.allows(web, remoteHost: nil, typedHost: "web-1", port: 80))
+        #expect(user.allows(TargetInfo(id: "i-9", tags: ["Env": "prod"]), remoteHost: nil, typedHost: "i-9", port: 80))
+        #expect(user.allows(web, remoteHost: "db.rds.amazonaws.com", typedHost: "db.rds.amazonaws.com", port: 5432))
+        #expect(!user.allows(TargetInfo(id: "i-9"), remoteHost: "db.internal", typedHost: "db.internal", port: 5432))
+        #expect(Glob.matches("i-0*", "i-0123") && !Glob.matches("i-0?", "i-012") && Glob.matches("*", ""))
+    }
+
+    @Test("Key fingerprints match ssh-keygen -l")
+    func fingerprints() async throws {
+        guard let keygen = findExecutable("ssh-keygen") else { throw ToolMissing(tool: "openssh-client") }
+        let scratch = try ScratchDirectory("fingerprint")
+        defer { scratch.remove() }
+        for type in ["ed25519", "ecdsa", "rsa"] {
+            let file = scratch.file("key-\(type)")
+            _ = try await run(keygen, ["-q", "-t", type, "-N", "", "-f", file], environment: ProcessInfo.processInfo.environment)
+            let listed = try await run(keygen, ["-l", "-f", file + ".pub"], environment: ProcessInfo.processInfo.environment)
+            let expected = listed.stdout.split(separator: " ")[1]
+            let key = try #require(AuthorizedKey.load(file: file + ".pub").first)
+            #expect(key.fingerprint == String(expected))
+        }
+    }
+}

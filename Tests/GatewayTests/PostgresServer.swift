@@ -1,0 +1,71 @@
+import Foundation
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real PostgreSQL on a loopback port with a scratch data directory (trust authentication for
+/// user `postgres`). As root it runs as the `postgres` system user (PostgreSQL refuses root).
+final class PostgresServer: Sendable {
+    let directory: ScratchDirectory
+    let port: Int
+    let process: SpawnedDaemon
+
+    static func binaries() -> String? {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).sorted { (Int($0) ?? 0) > (Int($1) ?? 0) }
+        for version in versions where FileManager.default.isExecutableFile(atPath: "\(root)/\(version)/bin/initdb") {
+            return "\(root)/\(version)/bin"
+        }
+        return nil
+    }
+
+    static func start() async throws -> PostgresServer {
+        guard let bin = self.binaries() else { throw ToolMissing(tool: "postgresql") }
+        let directory = try ScratchDirectory("postgres")
+        let data = directory.file("data")
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        var prefix: [String] = []
+        var launcher: String? = nil
+        if getuid() == 0 {
+            guard let setpriv = findExecutable("setpriv"), let account = getpwnam("postgres") else { throw ToolMissing(tool: "postgresql (the postgres user)") }
+            for path in [directory.path, data] { chown(path, account.pointee.pw_uid, account.pointee.pw_gid) }
+            launcher = setpriv
+            prefix = ["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]
+        }
+        func command(_ tool: String, _ arguments: [String]) -> (String, [String]) {
+            if let launcher { return (launcher, prefix + ["\(bin)/\(tool)"] + arguments) }
+            return ("\(bin)/\(tool)", arguments)
+        }
+        let (initdb, initArguments) = command("initdb", ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync"])
+        let made = try await run(initdb, initArguments, environment: ProcessInfo.processInfo.environment.merging(["LC_ALL": "C"]) { $1 })
+        guard made.status == 0 else {
+            directory.remove()
+            throw ToolMissing(tool: "a working initdb (\(made.stderr))")
+        }
+        let port = try await freePort()
+        let (postgres, arguments) = command("postgres", [
+            "-D", data, "-p", String(port), "-k", directory.path, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+        ])
+        let process = try SpawnedDaemon(postgres, arguments, logFile: directory.file("postgres.log"))
+        let server = PostgresServer(directory: directory, port: port, process: process)
+        guard await waitForPort(port, within: 30) else {
+            let log = (try? String(contentsOfFile: directory.file("postgres.log"), encoding: .utf8)) ?? ""
+            server.stop()
+            throw ToolMissing(tool: "a working postgres (log: \(log))")
+        }
+        return server
+    }
+
+    init(directory: ScratchDirectory, port: Int, process: SpawnedDaemon) {
+        self.directory = directory
+        self.port = port
+        self.process = process
+    }
+
+    func stop() {
+        self.process.stop()
+        self.directory.remove()
+    }
+}
