@@ -275,7 +275,7 @@ final class Suite: Sendable {
 
             // Row 3: ssh keystroke echo stand-in beside an scp stand-in, both on one route.
             do {
-                log("row 3: 1-byte echo every 20 ms, idle and beside a \(sizes.bulkKib) KiB bulk upload on the same route")
+                log("row 3: 1-byte echo every 20 ms, idle and beside a \(sizes.bulkBytes >> 10) KiB bulk upload on the same route")
                 let destination = try await load.destination()
                 let forward = try await gateway.forward(to: destination.port)
                 _ = try await load.warm(port: forward.port)
@@ -537,7 +537,13 @@ final class Suite: Sendable {
 
 /// Gives freed heap back to the system so RSS readings show what is held.
 func trimHeap() {
-    #if canImport(Glibc)
-    malloc_trim(0)
+    #if os(Linux)
+    _ = glibcMallocTrim(0)
     #endif
 }
+
+#if os(Linux)
+/// glibc's `malloc_trim` (malloc.h is not part of the Glibc module).
+@_silgen_name("malloc_trim")
+func glibcMallocTrim(_ pad: Int) -> Int32
+#endif
