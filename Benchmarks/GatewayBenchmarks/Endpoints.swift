@@ -20,6 +20,14 @@ struct BenchmarkError: Error, CustomStringConvertible {
 /// Bytes received so far, readable from outside the loop (for the stall watchdog).
 final class Progress: Sendable {
     let bytes = Atomic<Int>(0)
+    /// When the first byte arrived.
+    let first = Mutex<ContinuousClock.Instant?>(nil)
+
+    func add(_ count: Int) {
+        if self.bytes.add(count, ordering: .relaxed).oldValue == 0 {
+            self.first.withLock { $0 = .now }
+        }
+    }
 }
 
 /// Writes `total` bytes of the pattern as fast as the socket takes them, then leaves the
@@ -107,7 +115,7 @@ final class PatternReceiver: ChannelInboundHandler {
             return
         }
         self.received += count
-        self.progress.bytes.add(count, ordering: .relaxed)
+        self.progress.add(count)
         if self.received == self.expected {
             self.completed = true
             self.done.succeed(Arrival(bytes: self.received, finished: .now))

@@ -44,7 +44,30 @@ final class GatewayUnderTest: Sendable {
     let audit: AuditLog
     let logger: Logger
 
-    init(loop: any EventLoop, emulatorURL: String, poolSettings: PoolSettings = PoolSettings(), unlimitedClientRate: Bool) throws {
+    private init(loop: any EventLoop, context: AWSContext, router: Router, core: GatewayCore, audit: AuditLog, logger: Logger) {
+        self.loop = loop
+        self.context = context
+        self.router = router
+        self.core = core
+        self.audit = audit
+        self.logger = logger
+    }
+
+    /// The core is built on its loop (its Pool is bound to it).
+    static func makeCore(loop: any EventLoop, router: Router, poolSettings: PoolSettings, context: AWSContext, audit: AuditLog, logger: Logger)
+        async throws -> GatewayCore
+    {
+        try await loop.submit {
+            GatewayCore(
+                loop: loop, router: router,
+                users: UserDirectory(users: [GatewayUser(name: "*", keys: [], rules: [.everything])]),
+                poolSettings: poolSettings, context: context, metrics: GatewayMetrics(), audit: audit, logger: logger)
+        }.get()
+    }
+
+    static func start(loop: any EventLoop, emulatorURL: String, poolSettings: PoolSettings = PoolSettings(), unlimitedClientRate: Bool)
+        async throws -> GatewayUnderTest
+    {
         var environment = [
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
             "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true",
@@ -55,30 +78,20 @@ final class GatewayUnderTest: Sendable {
             // against the unlimited emulator the gateway's cost is what is measured, not that limiter.
             environment["SSMGATE_MESSAGES_PER_SECOND"] = "unlimited"
         }
-        self.loop = loop
-        self.context = try AWSContext(profile: nil, region: nil, endpointURL: emulatorURL, environment: environment)
-        self.router = Router(configuration: Router.Configuration(), directory: InstanceDirectory(ssm: self.context.ssm, ec2: self.context.ec2))
+        let context = try AWSContext(profile: nil, region: nil, endpointURL: emulatorURL, environment: environment)
+        let router = Router(configuration: Router.Configuration(), directory: InstanceDirectory(ssm: context.ssm, ec2: context.ec2))
         var logger = Logger(label: "ssmgate.bench")
         logger.logLevel = .error
-        self.logger = logger
-        self.audit = try AuditLog(path: "/dev/null")
-        self.core = GatewayCore(
-            loop: loop, router: self.router,
-            users: UserDirectory(users: [GatewayUser(name: "*", keys: [], rules: [.everything])]),
-            poolSettings: poolSettings, context: self.context, metrics: GatewayMetrics(), audit: self.audit, logger: logger)
+        let audit = try AuditLog(path: "/dev/null")
+        let core = try await Self.makeCore(loop: loop, router: router, poolSettings: poolSettings, context: context, audit: audit, logger: logger)
+        return GatewayUnderTest(loop: loop, context: context, router: router, core: core, audit: audit, logger: logger)
     }
 
     /// A second core (its own Pool) on the same loop, context and router.
-    init(sharing other: GatewayUnderTest, poolSettings: PoolSettings) {
-        self.loop = other.loop
-        self.context = other.context
-        self.router = other.router
-        self.logger = other.logger
-        self.audit = other.audit
-        self.core = GatewayCore(
-            loop: other.loop, router: other.router,
-            users: UserDirectory(users: [GatewayUser(name: "*", keys: [], rules: [.everything])]),
-            poolSettings: poolSettings, context: other.context, metrics: GatewayMetrics(), audit: other.audit, logger: other.logger)
+    func sibling(poolSettings: PoolSettings) async throws -> GatewayUnderTest {
+        let core = try await Self.makeCore(
+            loop: self.loop, router: self.router, poolSettings: poolSettings, context: self.context, audit: self.audit, logger: self.logger)
+        return GatewayUnderTest(loop: self.loop, context: self.context, router: self.router, core: core, audit: self.audit, logger: self.logger)
     }
 
     /// A static forward on 127.0.0.1 (a free port) to `port` on the emulator's instance.
