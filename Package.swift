@@ -190,6 +190,19 @@ let package = Package(
             ],
             path: "Benchmarks/SessionBenchmarks"
         ),
+        // `bash scripts/bench-gateway.sh`: the gateway (static forward, Pool, GatewayCore) against a separate
+        // `ssmgate local` process: per-session cap, pool scaling, echo delay beside bulk, connection setup, memory, CPU.
+        .executableTarget(
+            name: "GatewayBenchmarks",
+            dependencies: [
+                "Gateway",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Benchmarks/GatewayBenchmarks"
+        ),
         .testTarget(
             name: "SSMProtocolTests",
             dependencies: [
