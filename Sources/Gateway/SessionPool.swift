@@ -130,7 +130,11 @@ final class SessionPool {
             break
         }
         let live = state.channels.filter { !$0.closed && !$0.mux.isClosed }
-        if let best = live.min(by: { $0.streams < $1.streams }) {
+        let canGrow = state.channels.count + state.starting < self.settings.sessionsPerRoute
+            && self.totalSessions < self.settings.totalSessions
+        if let best = live.min(by: { $0.streams < $1.streams }),
+            best.streams < self.settings.streamsPerSession || best.streams < 2 * self.settings.streamsPerSession && state.starting == 0 || !canGrow
+        {
             if best.streams >= self.settings.streamsPerSession {
                 // Every session is at its cap: this connection goes on the least-loaded one now (no
                 // wait), and another session warms up for the next ones.
@@ -140,6 +144,8 @@ final class SessionPool {
             // The session ended under us: forget it and try again.
             return self.open(route: route, user: user)
         }
+        // A burst beyond what the warm sessions should carry waits for the sessions it starts, so
+        // its streams spread over them (a TCP stream never moves once placed).
         guard state.waiters.count < self.settings.maximumWaiting else {
             return self.loop.makeFailedFuture(StreamOpenError(.unavailable, "Too many connections are waiting for a session to \(route); try again shortly."))
         }
@@ -248,7 +254,10 @@ final class SessionPool {
             let openError = Self.openError(error, route: route)
             state.lastError = openError
             self.logger.warning("session start failed", metadata: ["route": "\(route)", "error": "\(openError.message)"])
-            if state.starting == 0, state.channels.isEmpty { self.failWaiters(state, openError) }
+            if state.starting == 0 {
+                // Nothing more is coming: waiting connections go to the sessions there are, or fail.
+                if state.channels.isEmpty { self.failWaiters(state, openError) } else { self.serveWaiters(state) }
+            }
         }
     }
 
