@@ -23,7 +23,7 @@ struct GatewayEndToEndTests {
     @Test("ssh -J, sftp -J and rsync through the gateway with Ed25519, ECDSA and RSA user keys")
     func jumpWithEveryKeyType() async throws {
         let gateway = try await GatewayHarness.start()
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         let ssh = try self.tool("ssh", package: "openssh-client")
         for user in ["alice", "bob", "carol"] {
             let result = try await run(ssh, gateway.jumpOptions(as: user) + [gateway.destination, "echo jumped-$((6*7))"], environment: Self.environment)
@@ -59,7 +59,7 @@ struct GatewayEndToEndTests {
     @Test("scp -J moves 64 MiB each way intact, and the audit log counts the bytes")
     func scpBothWays() async throws {
         let gateway = try await GatewayHarness.start()
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         let scp = try self.tool("scp", package: "openssh-client")
         let size = 64 << 20
         let source = gateway.scratch.file("up.bin")
@@ -88,7 +88,7 @@ struct GatewayEndToEndTests {
             // bob may reach the instance's ssh only on another port.
             configuration.users[1].rules = [AccessRule(targets: ["name:local"], ports: [1...21])]
         }
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         let ssh = try self.tool("ssh", package: "openssh-client")
         let keygen = try self.tool("ssh-keygen", package: "openssh-client")
         let stranger = gateway.scratch.file("stranger_key")
@@ -123,7 +123,7 @@ struct GatewayEndToEndTests {
     @Test("Plain `ssh gw` prints the help text with the reachable targets and exits 0")
     func helpText() async throws {
         let gateway = try await GatewayHarness.start()
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         let ssh = try self.tool("ssh", package: "openssh-client")
         let result = try await run(ssh, ["-F", gateway.sshConfig, "gw-alice"], environment: Self.environment)
         #expect(result.status == 0, "\(result.stderr)")
@@ -142,7 +142,7 @@ struct GatewayFrontsEndToEndTests {
     func curlThroughProxies() async throws {
         guard let curl = findExecutable("curl"), let python = findExecutable("python3") else { throw ToolMissing(tool: "curl and python3") }
         let gateway = try await GatewayHarness.start()
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         let webRoot = gateway.scratch.file("web")
         try FileManager.default.createDirectory(atPath: webRoot, withIntermediateDirectories: true)
         let digest = try writeRandomFile(webRoot + "/blob.bin", bytes: 3 << 20, seed: 3)
@@ -179,10 +179,8 @@ struct GatewayFrontsEndToEndTests {
             configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
         }
         defer {
-            Task {
-                await pooled.stop()
-                await echo.close()
-            }
+            pooled.close()
+            Task { await echo.close() }
         }
         let port = pooled.server.bound.forwards[0]
         let results = try await withThrowingTaskGroup(of: EchoResult.self) { group in
@@ -221,7 +219,7 @@ struct GatewayFrontsEndToEndTests {
                 .init(listen: .init(host: "127.0.0.1", port: 0), target: "local", remoteHost: "127.0.0.1", port: postgres.port),
             ]
         }
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         guard let psql = findExecutable("psql") else { throw ToolMissing(tool: "postgresql-client") }
         for port in gateway.server.bound.forwards {
             let result = try await run(
@@ -238,7 +236,7 @@ struct GatewayFrontsEndToEndTests {
     @Test("`ssmgate proxy` as ProxyCommand uses the running daemon's pool through its socket")
     func proxyThroughDaemonSocket() async throws {
         let gateway = try await GatewayHarness.start()
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         let ssmgate = try ssmgateExecutable()
         guard let ssh = findExecutable("ssh") else { throw ToolMissing(tool: "openssh-client") }
         var environment = Self.environment
@@ -265,7 +263,7 @@ struct GatewayFrontsEndToEndTests {
             local.credentials = [.init(accessKeyID: "test", secretAccessKey: "test", allowedDocuments: ["AWS-StartSSHSession"])]
             configuration.localConfiguration = local
         }
-        defer { Task { await gateway.stop() } }
+        defer { gateway.close() }
         guard let ssh = findExecutable("ssh") else { throw ToolMissing(tool: "openssh-client") }
         for _ in 0..<2 {
             let result = try await run(ssh, gateway.jumpOptions() + [gateway.destination, "echo fallback"], environment: Self.environment)

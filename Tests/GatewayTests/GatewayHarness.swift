@@ -87,6 +87,13 @@ final class GatewayHarness: Sendable {
         self.scratch.remove()
     }
 
+    /// For `defer`: the sshd (another process) stops now, so it never outlives the test run; the
+    /// in-process gateway drains in a task.
+    func close() {
+        self.sshd.stop()
+        Task { await self.server.drainAndStop(drainTime: .milliseconds(100)) }
+    }
+
     /// `ssh -F <this>`: `gw-USER` is the gateway as USER; every other host is the real sshd's user key.
     var sshConfig: String { self.scratch.file("ssh_config") }
 
