@@ -411,6 +411,8 @@ import Testing
             try await withHome { home in
                 var environment = ["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.baseURL + "/"]
                 environment["AWS_EC2_METADATA_DISABLED"] = "false"
+                // The flow is under test, not IMDS's 1 s default timeout (a loaded CI machine misses it).
+                environment["AWS_METADATA_SERVICE_TIMEOUT"] = "30"
                 let config = try configuration(home, environment)
                 try await withHTTPClient { client in
                     let chain = CredentialChain(configuration: config, httpClient: client)
