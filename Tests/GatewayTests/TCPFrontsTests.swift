@@ -396,7 +396,7 @@ struct TCPFrontsTests {
         return services.finished
     }
 
-    static func eventually(within seconds: Double = 10, _ condition: @Sendable () -> Bool) async -> Bool {
+    static func eventually(within seconds: Double = 30, _ condition: @Sendable () -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while ContinuousClock.now < deadline {
             if condition() { return true }
