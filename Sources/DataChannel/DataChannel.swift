@@ -89,6 +89,8 @@ public final class DataChannel {
     var token: String
     var state: State = .idle
     var socket: (any Channel)?
+    /// Where this channel's own frames enter `socket`'s pipeline, already framed and masked.
+    var outlet: EncodedFrameOutlet?
     var generation = 0
     var reliable: ReliableStream
     var cipher: SessionCipher?
@@ -259,6 +261,7 @@ public final class DataChannel {
             return WebSocketDialer.connect(
                 to: endpoint, on: loop, connectTimeout: configuration.connectTimeout, maximumFrameSize: configuration.maximumFrameSize
             ) { channel in
+                try EncodedFrameOutlet.install(in: channel)
                 try channel.pipeline.syncOperations.addHandler(DataChannelFrameHandler(owner: bound, generation: generation))
             }.map { ($0, token) }
         }.assumeIsolated().whenComplete { result in
@@ -323,17 +326,16 @@ public final class DataChannel {
         let reconnecting: Bool
         if case .reconnecting = self.state { reconnecting = true } else { reconnecting = false }
         self.socket = socket
+        self.outlet = try? socket.pipeline.syncOperations.handler(type: EncodedFrameOutlet.self)
         self.state = .open
         let open = OpenDataChannelInput(
             requestID: Self.uuid(), tokenValue: self.token,
             role: .client(clientID: self.clientID, clientVersion: self.configuration.clientVersion))
-        socket.write(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(using: &self.random), data: open.encoded()), promise: nil)
+        self.writeFrame(open.encoded(), opcode: .text)
         if reconnecting {
             self.statistics.reconnects += 1
             if !self.paused {
-                for frame in self.reliable.unacknowledgedFrames {
-                    socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(using: &self.random), data: frame), promise: nil)
-                }
+                for frame in self.reliable.unacknowledgedFrames { self.writeFrame(frame) }
             }
         }
         socket.flush()
@@ -359,6 +361,7 @@ public final class DataChannel {
     func socketClosed(generation: Int) {
         guard generation == self.generation, case .open = self.state else { return }
         self.socket = nil
+        self.outlet = nil
         self.pingTask?.cancel()
         self.pingTask = nil
         guard self.renewToken != nil else {
@@ -384,6 +387,7 @@ public final class DataChannel {
         self.pingTask?.cancel()
         self.socket?.close(promise: nil)
         self.socket = nil
+        self.outlet = nil
         if let promise = self.openPromise {
             self.openPromise = nil
             promise.fail(error ?? .closed)
@@ -394,9 +398,17 @@ public final class DataChannel {
     // MARK: Writing
 
     func write(_ frame: ByteBuffer) {
-        guard let socket = self.socket, case .open = self.state, !self.paused else { return }
-        socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(using: &self.random), data: frame), promise: nil)
+        guard self.socket != nil, case .open = self.state, !self.paused else { return }
+        self.writeFrame(frame)
         self.scheduleFlush()
+    }
+
+    /// Frames, masks and writes one message (no flush): one allocation and one pass over the bytes.
+    func writeFrame(_ payload: ByteBuffer, opcode: WebSocketFrameOpcode = .binary) {
+        guard let outlet = self.outlet else { return }
+        var frame = self.allocator.buffer(capacity: ByteBuffer.webSocketFrameSize(payloadLength: payload.readableBytes, masked: true))
+        frame.writeWebSocketFrame(opcode: opcode, mask: WebSocketMask(using: &self.random), payload: payload)
+        outlet.write(frame)
     }
 
     func scheduleFlush() {
@@ -534,8 +546,8 @@ public final class DataChannel {
 
     /// Acknowledgements go out even while paused: the pause is about our data.
     func write(_ frame: ByteBuffer, control: Bool) {
-        guard let socket = self.socket, case .open = self.state else { return }
-        socket.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(using: &self.random), data: frame), promise: nil)
+        guard self.socket != nil, case .open = self.state else { return }
+        self.writeFrame(frame)
         self.scheduleFlush()
     }
 
@@ -710,6 +722,30 @@ public final class DataChannel {
             return text.count == 1 ? "0" + text : text
         }
         return [hex[0..<4], hex[4..<6], hex[6..<8], hex[8..<10], hex[10..<16]].map { $0.joined() }.joined(separator: "-")
+    }
+}
+
+/// Sits just before NIO's WebSocket frame encoder: the data channel writes frames it has already
+/// framed and masked here (`writeWebSocketFrame`), so they skip the encoder's byte-at-a-time mask
+/// and its copy. Control frames (pings, pongs) still go through the encoder; both paths are
+/// synchronous, so frames leave in the order they were written.
+final class EncodedFrameOutlet: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var context: ChannelHandlerContext?
+
+    static func install(in channel: any Channel) throws {
+        let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
+        try channel.pipeline.syncOperations.addHandler(EncodedFrameOutlet(), position: .before(encoder))
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// A complete frame; call on the channel's event loop.
+    func write(_ frame: ByteBuffer) {
+        self.context?.write(self.wrapOutboundOut(frame), promise: nil)
     }
 }
 

@@ -294,11 +294,11 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
         let frame = self.unwrapInboundIn(data)
         switch frame.opcode {
         case .ping:
-            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.payloadUnmasked)), promise: nil)
         case .connectionClose:
             self.closeConnection(context: context)
         case .text, .binary:
-            self.handleMessage(frame.unmaskedData, isText: frame.opcode == .text, context: context)
+            self.handleMessage(frame.payloadUnmasked, isText: frame.opcode == .text, context: context)
         default:
             break
         }
