@@ -165,14 +165,13 @@ extension AgentMessage {
 
     /// Strips NULs, then whitespace, from both ends, as both official parsers do.
     static func trimMessageType(_ field: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
-        func trim(_ bytes: UnsafeRawBufferPointer, _ drop: (UInt8) -> Bool) -> UnsafeRawBufferPointer {
-            var lower = bytes.startIndex
-            var upper = bytes.endIndex
-            while lower < upper, drop(bytes[lower]) { lower += 1 }
-            while upper > lower, drop(bytes[upper - 1]) { upper -= 1 }
-            return UnsafeRawBufferPointer(rebasing: bytes[lower..<upper])
-        }
-        let withoutNULs = trim(field) { $0 == 0 }
-        return trim(withoutNULs) { $0 == 0x20 || (0x09...0x0D).contains($0) }
+        var lower = field.startIndex
+        var upper = field.endIndex
+        while lower < upper, field[lower] == 0 { lower += 1 }
+        while upper > lower, field[upper - 1] == 0 { upper -= 1 }
+        // Whitespace as Go's TrimSpace sees ASCII: space, \t, \n, \v, \f, \r.
+        while lower < upper, field[lower] == 0x20 || (field[lower] &- 0x09) <= 4 { lower += 1 }
+        while upper > lower, field[upper - 1] == 0x20 || (field[upper - 1] &- 0x09) <= 4 { upper -= 1 }
+        return UnsafeRawBufferPointer(rebasing: field[lower..<upper])
     }
 }

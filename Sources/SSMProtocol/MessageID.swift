@@ -36,6 +36,35 @@ public struct MessageID: Hashable, Sendable, CustomStringConvertible {
         self.init(utf8: text.utf8)
     }
 
+    /// Parses the canonical form in place: every acknowledgement carries one, so no iterator and
+    /// one table lookup per digit.
+    public init?(utf8 text: UnsafeRawBufferPointer) {
+        guard text.count == 36, text[8] == UInt8(ascii: "-"), text[13] == UInt8(ascii: "-"), text[18] == UInt8(ascii: "-"),
+            text[23] == UInt8(ascii: "-")
+        else { return nil }
+        var halves: (UInt64, UInt64) = (0, 0)
+        var invalid: UInt8 = 0
+        Self.hexTable.withUnsafeBufferPointer { table in
+            var nibbles = 0
+            for position in 0..<36 where position != 8 && position != 13 && position != 18 && position != 23 {
+                let value = table[Int(text[position])]
+                invalid |= value
+                if nibbles < 16 {
+                    halves.0 = halves.0 << 4 | UInt64(value)
+                } else {
+                    halves.1 = halves.1 << 4 | UInt64(value)
+                }
+                nibbles += 1
+            }
+        }
+        // Valid digits are 0...15; the table marks everything else with bit 7.
+        guard invalid & 0x80 == 0 else { return nil }
+        self.init(high: halves.0, low: halves.1)
+    }
+
+    /// Each byte's hex value, or 0x80 for a byte that is not a hex digit.
+    static let hexTable: [UInt8] = (0...255).map { byte in Self.hexValue(UInt8(byte)) ?? 0x80 }
+
     /// Parses the canonical form from its UTF-8 bytes.
     public init?<C: Collection>(utf8 text: C) where C.Element == UInt8 {
         var high: UInt64 = 0

@@ -31,13 +31,15 @@ public enum MessageType: String, Hashable, Sendable, CaseIterable {
 
     /// Matches the trimmed bytes of the wire field against the known names without allocating.
     static func match(_ bytes: UnsafeRawBufferPointer) -> MessageType? {
-        for candidate in Self.allCases {
-            let name = candidate.rawValue.utf8
-            guard name.count == bytes.count else { continue }
-            if name.elementsEqual(bytes) { return candidate }
+        for (name, type) in Self.wireNames where name.count == bytes.count {
+            let equal = name.withUnsafeBytes { $0.hasSameBytes(as: bytes) }
+            if equal { return type }
         }
         return nil
     }
+
+    /// Each name's bytes, made once: this runs for every frame each way.
+    static let wireNames: [(name: [UInt8], type: MessageType)] = Self.allCases.map { (Array($0.rawValue.utf8), $0) }
 }
 
 /// What a stream message's payload holds (offset 112).

@@ -112,7 +112,7 @@ public struct Acknowledgement: Hashable, Sendable, JSONPayload {
                 let count = literal.utf8CodeUnitCount
                 guard bytes.count - position >= count else { return false }
                 let matches = literal.withUTF8Buffer { expected in
-                    expected.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[position..<(position + count)]))
+                    UnsafeRawBufferPointer(expected).hasSameBytes(as: UnsafeRawBufferPointer(rebasing: bytes[position..<(position + count)]))
                 }
                 if matches { position += count }
                 return matches

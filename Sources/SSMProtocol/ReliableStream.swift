@@ -136,7 +136,20 @@ public struct ReliableStream: Sendable {
         /// The acknowledgement to send, if the message is to be acknowledged.
         public var acknowledgement: Acknowledgement?
         /// Messages now deliverable, in sequence order (the received one and any it unblocked).
-        public var deliverable: [AgentMessage]
+        public var deliverable: Deliverable
+    }
+
+    /// The received message and any it unblocked. The usual case, one message in order, holds it
+    /// inline: no array is made per message.
+    public struct Deliverable: RandomAccessCollection, Sendable {
+        var head: AgentMessage?
+        var tail: [AgentMessage]
+
+        static let none = Deliverable(head: nil, tail: [])
+
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { self.head == nil ? 0 : 1 + self.tail.count }
+        public subscript(position: Int) -> AgentMessage { position == 0 ? self.head! : self.tail[position - 1] }
     }
 
     /// Applies a received stream message.
@@ -146,24 +159,23 @@ public struct ReliableStream: Sendable {
     public mutating func receive(_ message: AgentMessage, ready: Bool = true) -> Reception {
         let sequence = message.sequenceNumber
         if sequence < self.expectedIncomingSequence {
-            return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: [])
+            return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: .none)
         }
         if sequence > self.expectedIncomingSequence {
             if self.incoming[sequence] != nil {
-                return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: [])
+                return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: .none)
             }
             guard self.incoming.count < self.configuration.incomingCapacity else {
-                return Reception(acknowledgement: nil, deliverable: [])
+                return Reception(acknowledgement: nil, deliverable: .none)
             }
             self.incoming[sequence] = message
-            return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: [])
+            return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: .none)
         }
-        guard ready else { return Reception(acknowledgement: nil, deliverable: []) }
-        var deliverable = [message]
+        guard ready else { return Reception(acknowledgement: nil, deliverable: .none) }
+        var deliverable = Deliverable(head: message, tail: [])
         self.expectedIncomingSequence += 1
-        while let next = self.incoming.removeValue(forKey: self.expectedIncomingSequence) {
-            deliverable.append(next)
-            self.expectedIncomingSequence += 1
+        if !self.incoming.isEmpty {
+            deliverable.tail = self.drainBuffered()
         }
         return Reception(acknowledgement: Acknowledgement(acknowledging: message), deliverable: deliverable)
     }
