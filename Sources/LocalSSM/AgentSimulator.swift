@@ -272,9 +272,9 @@ final class AgentControlHandler: ChannelInboundHandler {
         let frame = self.unwrapInboundIn(data)
         switch frame.opcode {
         case .ping:
-            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.payloadUnmasked)), promise: nil)
         case .binary, .text:
-            guard let message = try? AgentMessage.decode(frame.unmaskedData, options: .init(verifiesDigest: false)) else { return }
+            guard let message = try? AgentMessage.decode(frame.payloadUnmasked, options: .init(verifiesDigest: false)) else { return }
             if message.messageType == .interactiveShell {
                 self.agent.startSession(taskPayload: message.payload)
             }
@@ -326,6 +326,11 @@ public final class LocalEmulator: Sendable {
 
     public var configuration: LocalSSMConfiguration { self.server.configuration }
 
+    /// The simulated agents' own threads. A real agent runs on its instance, not inside the service: on
+    /// the service's loops an agent socket and the service's end of it could share one thread, which then
+    /// carries every message twice while the other loop idles (the single-stream bottleneck).
+    static let agentEventLoops: any EventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+
     /// Binds, then connects an agent for every instance configured Online; returns once they are connected.
     public func start() async throws {
         try await self.server.start()
@@ -337,7 +342,8 @@ public final class LocalEmulator: Sendable {
         for instance in configuration.instances where instance.pingStatus == .online {
             let agent = AgentSimulator(
                 instance: instance, host: host, port: self.server.port, region: configuration.region,
-                credentials: credentials, limits: configuration.limits, faults: self.server.mgs.faults)
+                credentials: credentials, limits: configuration.limits, faults: self.server.mgs.faults,
+                group: Self.agentEventLoops)
             agent.start()
             started.append(agent)
         }
