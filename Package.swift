@@ -295,3 +295,12 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Release builds skip Swift's runtime exclusivity checks: on the data path every 1 KiB message
+// made hundreds of them, about a fifth of the CPU of the unlimited single-stream benchmark
+// (BENCHMARKS.md). Debug builds, and so every test run, keep them; the compile-time checks stay.
+for target in package.targets where target.type == .regular || target.type == .executable {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))
+    ]
+}
