@@ -32,9 +32,11 @@ final class AgentSessionHandler: ChannelInboundHandler {
     /// Above this the agent turns smux keepalive off.
     static let keepAliveOffClientVersion = "1.2.331.0"
     /// Unacknowledged output the agent lets itself have before it stops reading destinations. The real
-    /// agent allows 100,000 messages; 1,024 (1 MiB in flight) keeps memory bounded and still covers a
-    /// few milliseconds of round trip at 100 MB/s (256 capped one stream near 80 MB/s).
-    static let outputWindow = 1024
+    /// agent allows 100,000 messages; 512 (the client's own window) keeps memory bounded and covers a
+    /// few milliseconds of round trip at 100 MB/s (256 capped one stream near 80 MB/s). Not more: a
+    /// resume resends the whole window, and with its acks that must fit between the fault tests'
+    /// WebSocket drops (every 1,500 frames), or no drop interval makes progress.
+    static let outputWindow = 512
     /// Bytes written to destinations but not yet flushed to their sockets before input is refused ("not ready").
     static let destinationBacklogLimit = 4 << 20
 
