@@ -54,6 +54,17 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // WebSocket framing on a NIO channel (RFC 6455): the frame codec and the upgrade handshakes,
+        // for the data channel and the emulator. Frames are parsed out of reads, not copied.
+        .target(
+            name: "WebSocketTransport",
+            dependencies: [
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The client's reliable data channel: WebSocket (TLS), OpenDataChannel, acks and resends,
         // handshake, KMS encryption, reconnect with ResumeSession, rate and window limits.
         .target(
@@ -225,6 +236,19 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // The frame codec and handshakes against NIO's own WebSocket implementation.
+        .testTarget(
+            name: "WebSocketTransportTests",
+            dependencies: [
+                "WebSocketTransport",
+                "SSMProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ]
         ),
         .testTarget(

@@ -116,3 +116,56 @@ extension ByteBuffer {
         return 2 + lengthBytes + (masked ? 4 : 0) + payloadLength
     }
 }
+
+/// The fixed part of one WebSocket frame (RFC 6455 section 5.2), read without consuming anything
+/// until the whole frame is there: the transport's decoder parses frames straight out of the
+/// bytes a read delivered, slicing payloads rather than copying them.
+public struct WebSocketFrameHeader: Hashable, Sendable {
+    public var fin: Bool
+    /// The three reserved bits, which no extension we negotiate may set.
+    public var reservedBits: UInt8
+    /// The raw 4-bit opcode: unknown values are the caller's protocol error to report.
+    public var opcodeValue: UInt8
+    public var mask: WebSocketMask?
+    public var payloadLength: Int
+    /// Header bytes before the payload (2 to 14).
+    public var headerLength: Int
+
+    public var opcode: WebSocketFrameOpcode? { WebSocketFrameOpcode(rawValue: self.opcodeValue) }
+    public var isControl: Bool { self.opcodeValue & 0x8 != 0 }
+
+    public enum ParseError: Error, Hashable, Sendable {
+        /// The 64-bit length has its top bit set, or exceeds `maximumPayloadLength`.
+        case payloadTooLarge(Int)
+    }
+
+    /// Reads the header at `buffer`'s reader index without moving it; nil until enough bytes are
+    /// there. Payloads longer than `maximumPayloadLength` fail before any of them is buffered.
+    public static func peek(in buffer: ByteBuffer, maximumPayloadLength: Int) throws(ParseError) -> WebSocketFrameHeader? {
+        let start = buffer.readerIndex
+        guard let (first, second) = buffer.getMultipleIntegers(at: start, as: (UInt8, UInt8).self) else { return nil }
+        var headerLength = 2
+        var length = Int(second & 0x7F)
+        if length == 126 {
+            guard let extended = buffer.getInteger(at: start + 2, as: UInt16.self) else { return nil }
+            length = Int(extended)
+            headerLength += 2
+        } else if length == 127 {
+            guard let extended = buffer.getInteger(at: start + 2, as: UInt64.self) else { return nil }
+            guard extended <= UInt64(Int.max) else { throw .payloadTooLarge(Int.max) }
+            length = Int(extended)
+            headerLength += 8
+        }
+        guard length <= maximumPayloadLength else { throw .payloadTooLarge(length) }
+        var mask: WebSocketMask?
+        if second & 0x80 != 0 {
+            guard let (b0, b1, b2, b3) = buffer.getMultipleIntegers(at: start + headerLength, as: (UInt8, UInt8, UInt8, UInt8).self)
+            else { return nil }
+            mask = WebSocketMask(b0, b1, b2, b3)
+            headerLength += 4
+        }
+        return WebSocketFrameHeader(
+            fin: first & 0x80 != 0, reservedBits: (first >> 4) & 0x7, opcodeValue: first & 0x0F,
+            mask: mask, payloadLength: length, headerLength: headerLength)
+    }
+}
