@@ -1,7 +1,7 @@
 import Crypto
 import NIOCore
-import NIOWebSocket
 import SSMProtocol
+import WebSocketTransport
 
 #if canImport(Glibc)
 import Glibc
@@ -89,8 +89,6 @@ public final class DataChannel {
     var token: String
     var state: State = .idle
     var socket: (any Channel)?
-    /// Where this channel's own frames enter `socket`'s pipeline, already framed and masked.
-    var outlet: EncodedFrameOutlet?
     var generation = 0
     var reliable: ReliableStream
     var cipher: SessionCipher?
@@ -103,7 +101,7 @@ public final class DataChannel {
     var lastAcknowledgementProgress: UInt64 = 0
     var openPromise: EventLoopPromise<Void>?
     let allocator = ByteBufferAllocator()
-    /// Message ids and masking keys: one system random call per channel, not one or two per message.
+    /// Message ids: one system random call per channel, not one per message.
     var random = FastRandom()
 
     public init(
@@ -261,7 +259,6 @@ public final class DataChannel {
             return WebSocketDialer.connect(
                 to: endpoint, on: loop, connectTimeout: configuration.connectTimeout, maximumFrameSize: configuration.maximumFrameSize
             ) { channel in
-                try EncodedFrameOutlet.install(in: channel)
                 try channel.pipeline.syncOperations.addHandler(DataChannelFrameHandler(owner: bound, generation: generation))
             }.map { ($0, token) }
         }.assumeIsolated().whenComplete { result in
@@ -326,12 +323,11 @@ public final class DataChannel {
         let reconnecting: Bool
         if case .reconnecting = self.state { reconnecting = true } else { reconnecting = false }
         self.socket = socket
-        self.outlet = try? socket.pipeline.syncOperations.handler(type: EncodedFrameOutlet.self)
         self.state = .open
         let open = OpenDataChannelInput(
             requestID: Self.uuid(), tokenValue: self.token,
             role: .client(clientID: self.clientID, clientVersion: self.configuration.clientVersion))
-        self.writeFrame(open.encoded(), opcode: .text)
+        socket.write(WebSocketMessage.text(open.encoded()), promise: nil)
         if reconnecting {
             self.statistics.reconnects += 1
             if !self.paused {
@@ -353,15 +349,13 @@ public final class DataChannel {
         self.pingTask?.cancel()
         let interval = self.configuration.pingInterval
         self.pingTask = socket.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { _ in
-            socket.writeAndFlush(
-                WebSocketFrame(fin: true, opcode: .ping, maskKey: .random(), data: ByteBuffer(string: "keepalive")), promise: nil)
+            socket.writeAndFlush(WebSocketMessage.ping(ByteBuffer(string: "keepalive")), promise: nil)
         }
     }
 
     func socketClosed(generation: Int) {
         guard generation == self.generation, case .open = self.state else { return }
         self.socket = nil
-        self.outlet = nil
         self.pingTask?.cancel()
         self.pingTask = nil
         guard self.renewToken != nil else {
@@ -387,7 +381,6 @@ public final class DataChannel {
         self.pingTask?.cancel()
         self.socket?.close(promise: nil)
         self.socket = nil
-        self.outlet = nil
         if let promise = self.openPromise {
             self.openPromise = nil
             promise.fail(error ?? .closed)
@@ -403,12 +396,9 @@ public final class DataChannel {
         self.scheduleFlush()
     }
 
-    /// Frames, masks and writes one message (no flush): one allocation and one pass over the bytes.
-    func writeFrame(_ payload: ByteBuffer, opcode: WebSocketFrameOpcode = .binary) {
-        guard let outlet = self.outlet else { return }
-        var frame = self.allocator.buffer(capacity: ByteBuffer.webSocketFrameSize(payloadLength: payload.readableBytes, masked: true))
-        frame.writeWebSocketFrame(opcode: opcode, mask: WebSocketMask(using: &self.random), payload: payload)
-        outlet.write(frame)
+    /// Writes one message (no flush); the socket's `WebSocketFrameCodec` frames and masks it.
+    func writeFrame(_ payload: ByteBuffer) {
+        self.socket?.write(WebSocketMessage.binary(payload), promise: nil)
     }
 
     func scheduleFlush() {
@@ -477,19 +467,14 @@ public final class DataChannel {
 
     // MARK: Reading
 
-    func frameReceived(_ frame: WebSocketFrame, generation: Int) {
+    func frameReceived(_ frame: WebSocketMessage, generation: Int) {
         guard generation == self.generation else { return }
-        switch frame.opcode {
-        case .binary, .text:
-            let data = frame.unmaskedData
+        switch frame {
+        case .binary(let data), .text(let data):
             guard let message = try? AgentMessage.decode(data) else { return }
             self.handle(message)
-        case .ping:
-            self.socket?.writeAndFlush(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(using: &self.random), data: frame.unmaskedData), promise: nil)
-        case .connectionClose:
-            self.socket?.close(promise: nil)
-        default:
-            break
+        case .ping, .pong:
+            break  // the codec answers pings; pongs only show the connection is alive
         }
     }
 
@@ -725,33 +710,9 @@ public final class DataChannel {
     }
 }
 
-/// Sits just before NIO's WebSocket frame encoder: the data channel writes frames it has already
-/// framed and masked here (`writeWebSocketFrame`), so they skip the encoder's byte-at-a-time mask
-/// and its copy. Control frames (pings, pongs) still go through the encoder; both paths are
-/// synchronous, so frames leave in the order they were written.
-final class EncodedFrameOutlet: ChannelOutboundHandler {
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    private var context: ChannelHandlerContext?
-
-    static func install(in channel: any Channel) throws {
-        let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
-        try channel.pipeline.syncOperations.addHandler(EncodedFrameOutlet(), position: .before(encoder))
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-
-    /// A complete frame; call on the channel's event loop.
-    func write(_ frame: ByteBuffer) {
-        self.context?.write(self.wrapOutboundOut(frame), promise: nil)
-    }
-}
-
 /// Forwards one WebSocket's events to its data channel; a stale socket's events are ignored.
 final class DataChannelFrameHandler: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
+    typealias InboundIn = WebSocketMessage
 
     let owner: NIOLoopBound<DataChannel>
     let generation: Int

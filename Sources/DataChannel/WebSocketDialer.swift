@@ -2,7 +2,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
-import NIOWebSocket
+import WebSocketTransport
 
 /// Opens the WebSocket of a data channel: TCP, TLS for `wss://` (system trust store, SNI), and
 /// the HTTP upgrade with no extra headers, exactly as the official client dials `StreamUrl`.
@@ -42,13 +42,10 @@ enum WebSocketDialer {
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
-                let upgrader = NIOWebSocketClientUpgrader(
-                    maxFrameSize: maximumFrameSize,
-                    automaticErrorHandling: true,
+                let upgrader = WebSocketClientUpgrader(
+                    maximumMessageSize: maximumFrameSize,
                     upgradePipelineHandler: { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(
-                                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 256, maxAccumulatedFrameSize: maximumFrameSize))
                             try configure(channel)
                             upgraded.succeed(())
                         }

@@ -2,7 +2,7 @@ import Foundation
 import Mux
 import NIOCore
 import NIOPosix
-import NIOWebSocket
+import WebSocketTransport
 import SSMProtocol
 
 /// What the simulated agent needs to know to run one session, from the `interactive_shell` task.
@@ -22,8 +22,8 @@ struct AgentTask: Sendable {
 /// the agent's sequencing/ack/resend behaviour, the handshake, and the Port plugin (basic and
 /// smux-multiplexed), with one destination connection per stream on the same loop.
 final class AgentSessionHandler: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = WebSocketMessage
+    typealias OutboundOut = WebSocketMessage
 
     /// Client versions at or above this get the mux session for LocalPortForwarding (agent rule, reference 6.6).
     static let muxClientVersion = "1.1.70"
@@ -118,7 +118,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
     func writeOpenDataChannel(context: ChannelHandlerContext) {
         let open = OpenDataChannelInput(
             requestID: UUID().uuidString.lowercased(), tokenValue: self.token, role: .agent(instanceID: self.task.instance.id))
-        context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: open.encoded())), promise: nil)
+        context.write(self.wrapOutboundOut(WebSocketMessage.text(open.encoded())), promise: nil)
     }
 
     func begin(context: ChannelHandlerContext) {
@@ -153,7 +153,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
         self.writeOpenDataChannel(context: context)
         self.paused = false
         for frame in self.reliable.unacknowledgedFrames {
-            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            context.write(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
         }
         context.flush()
         self.scheduleRetransmission()
@@ -254,23 +254,17 @@ final class AgentSessionHandler: ChannelInboundHandler {
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
-        switch frame.opcode {
-        case .ping:
-            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.payloadUnmasked)), promise: nil)
-            return
-        case .connectionClose:
-            context.close(promise: nil)  // the service closed the socket: reconnect
-            return
-        case .binary, .text:
-            break
-        default:
-            return
+        let payload: ByteBuffer
+        switch self.unwrapInboundIn(data) {
+        case .binary(let data), .text(let data):
+            payload = data
+        case .ping, .pong:
+            return  // the codec answers pings; a service close ends the socket, and the agent reconnects
         }
         // The real agent never checks digests. This one does only while a fault is set, so corrupted
         // frames are visible in fault tests without costing a SHA-256 per message otherwise.
         let options = AgentMessage.DecodingOptions(verifiesDigest: self.task.faults.isActive)
-        guard let message = try? AgentMessage.decode(frame.payloadUnmasked, options: options) else { return }
+        guard let message = try? AgentMessage.decode(payload, options: options) else { return }
         switch message.messageType {
         case .acknowledge:
             if let ack = try? Acknowledgement(decoding: message.payload) {
@@ -299,7 +293,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
         let reception = self.reliable.receive(message, ready: ready)
         if let ack = reception.acknowledgement {
             let frame = ack.frame(messageID: .random(using: &self.random), createdDate: MGS.nowMilliseconds(), allocator: context.channel.allocator)
-            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            context.write(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
             self.scheduleFlush()
         }
         for delivered in reception.deliverable {
@@ -629,7 +623,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
                 createdDate: MGS.nowMilliseconds(), now: Self.now(), allocator: self.context?.channel.allocator ?? ByteBufferAllocator())
         else { return }
         if let context = self.context, !self.paused {
-            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            context.write(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
             if flush { context.flush() }
         }
         self.scheduleRetransmission()
@@ -652,7 +646,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
             messageType: type, createdDate: MGS.nowMilliseconds(), sequenceNumber: 0, flags: .control,
             messageID: .random(), payloadType: .undefined, payload: payload)
         if let frame = try? message.encoded() {
-            context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+            context.write(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
         }
     }
 
@@ -664,7 +658,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
             self.retransmitTask = nil
             guard self.phase != .ended else { return }
             if !self.paused, let frame = self.reliable.retransmission(now: Self.now()) {
-                self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+                self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
             }
             self.scheduleRetransmission()
         }

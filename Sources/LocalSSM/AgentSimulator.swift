@@ -1,7 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
-import NIOWebSocket
+import WebSocketTransport
 import SSMProtocol
 import SigV4
 import Synchronization
@@ -70,7 +70,7 @@ public final class AgentSimulator: Sendable {
             ("Cookie", .null), ("MessageSchemaVersion", .string("1.0")), ("RequestId", .string(UUID().uuidString.lowercased())),
             ("TokenValue", .string(token)), ("AgentVersion", .string(self.instance.agentVersion)), ("PlatformType", .string("linux")),
         ])
-        try await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: open.encoded))
+        try await channel.writeAndFlush(WebSocketMessage.text(open.encoded))
         let current = self.state.withLock { state in
             if !state.stopped { state.controlChannel = channel }
             return !state.stopped
@@ -255,33 +255,28 @@ public final class AgentSimulator: Sendable {
             messageType: .agentTaskComplete, createdDate: MGS.nowMilliseconds(), sequenceNumber: 0, flags: [],
             messageID: .random(), payloadType: .undefined, payload: payload.encoded)
         if let frame = try? message.encoded() {
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+            channel.writeAndFlush(WebSocketMessage.binary(frame), promise: nil)
         }
     }
 }
 
 /// The agent's control channel: answers pings, takes `interactive_shell` and `channel_closed`.
 final class AgentControlHandler: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = WebSocketMessage
+    typealias OutboundOut = WebSocketMessage
     let agent: AgentSimulator
 
     init(agent: AgentSimulator) { self.agent = agent }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
-        switch frame.opcode {
-        case .ping:
-            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.payloadUnmasked)), promise: nil)
-        case .binary, .text:
-            guard let message = try? AgentMessage.decode(frame.payloadUnmasked, options: .init(verifiesDigest: false)) else { return }
+        switch self.unwrapInboundIn(data) {
+        case .binary(let payload), .text(let payload):
+            guard let message = try? AgentMessage.decode(payload, options: .init(verifiesDigest: false)) else { return }
             if message.messageType == .interactiveShell {
                 self.agent.startSession(taskPayload: message.payload)
             }
-        case .connectionClose:
-            context.close(promise: nil)
-        default:
-            break
+        case .ping, .pong:
+            break  // the codec answers pings
         }
     }
 

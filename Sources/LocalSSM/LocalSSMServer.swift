@@ -2,7 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOWebSocket
+import WebSocketTransport
 import SSMProtocol
 import SigV4
 import Synchronization
@@ -65,9 +65,8 @@ public final class LocalSSMServer: Sendable {
 
     private func configurePipeline(_ channel: any Channel) throws {
         let http = HTTPRequestHandler(server: self)
-        let upgrader = NIOWebSocketServerUpgrader(
-            maxFrameSize: 1 << 20,
-            automaticErrorHandling: true,
+        let upgrader = WebSocketServerUpgrader(
+            maximumMessageSize: 1 << 20,
             shouldUpgrade: { channel, head in
                 guard MGSRoute(uri: head.uri) != nil else { return channel.eventLoop.makeSucceededFuture(nil) }
                 let delay = self.configuration.limits.webSocketOpenDelayMilliseconds
@@ -77,8 +76,6 @@ public final class LocalSSMServer: Sendable {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(
-                        minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: 1 << 20))
                     try channel.pipeline.syncOperations.addHandler(MGSWebSocketHandler(mgs: self.mgs, registry: self.registry, route: MGSRoute(uri: head.uri)!))
                 }
             }
@@ -269,8 +266,8 @@ extension HTTPRequestHandler: Sendable {}
 
 /// One MGS WebSocket: the first text frame (OpenDataChannel) says who it is; then binary frames are relayed.
 final class MGSWebSocketHandler: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = WebSocketMessage
+    typealias OutboundOut = WebSocketMessage
 
     enum State {
         case awaitingOpen
@@ -291,16 +288,13 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
-        switch frame.opcode {
-        case .ping:
-            context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.payloadUnmasked)), promise: nil)
-        case .connectionClose:
-            self.closeConnection(context: context)
-        case .text, .binary:
-            self.handleMessage(frame.payloadUnmasked, isText: frame.opcode == .text, context: context)
-        default:
-            break
+        switch self.unwrapInboundIn(data) {
+        case .binary(let payload):
+            self.handleMessage(payload, isText: false, context: context)
+        case .text(let payload):
+            self.handleMessage(payload, isText: true, context: context)
+        case .ping, .pong:
+            break  // the codec answers pings, and a client's close (closeConnection runs when the socket goes)
         }
     }
 

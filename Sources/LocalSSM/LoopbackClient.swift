@@ -1,7 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOWebSocket
+import WebSocketTransport
 
 extension SocketAddress {
     /// An address for a connect that does not go through NIO's resolver: that one runs getaddrinfo
@@ -86,13 +86,10 @@ enum LoopbackClient {
         let connecting = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
-                let upgrader = NIOWebSocketClientUpgrader(
-                    maxFrameSize: 1 << 20,
-                    automaticErrorHandling: true,
+                let upgrader = WebSocketClientUpgrader(
+                    maximumMessageSize: 1 << 20,
                     upgradePipelineHandler: { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(
-                                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: 1 << 20))
                             try configure(channel)
                             upgraded.succeed(())
                         }

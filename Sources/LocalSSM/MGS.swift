@@ -1,7 +1,7 @@
 import Dispatch
 import Foundation
 import NIOCore
-import NIOWebSocket
+import WebSocketTransport
 import SSMProtocol
 import Synchronization
 
@@ -127,7 +127,7 @@ public final class MGS: Sendable {
             messageType: .interactiveShell, createdDate: Self.nowMilliseconds(), sequenceNumber: 0, flags: .control,
             messageID: .random(), payloadType: .undefined, payload: payload.encoded)
         guard let frame = try? message.encoded() else { return false }
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+        channel.writeAndFlush(WebSocketMessage.binary(frame), promise: nil)
         return true
     }
 
@@ -147,7 +147,7 @@ public final class MGS: Sendable {
             messageType: .agentTaskAcknowledge, createdDate: Self.nowMilliseconds(), sequenceNumber: 0, flags: .control,
             messageID: .random(), payloadType: .undefined, payload: ack.encoded)
         if let frame = try? reply.encoded() {
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+            channel.writeAndFlush(WebSocketMessage.binary(frame), promise: nil)
         }
         // The agent is done with the session: tell the client (a failure's reason becomes the output it prints).
         if let sessionID = payload["TaskId"]?.stringValue {
@@ -186,7 +186,7 @@ public final class MGS: Sendable {
         guard let relay = self.relays.withLock({ $0.removeValue(forKey: sessionID) }) else { return }
         relay.close(output: output)
         if let control = self.controlChannels.withLock({ $0[relay.target] }), let frame = relay.channelClosedFrame(output: output, agentForm: true) {
-            control.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+            control.writeAndFlush(WebSocketMessage.binary(frame), promise: nil)
         }
     }
 
@@ -303,7 +303,7 @@ final class SessionRelay: Sendable {
         guard accepted else { return false }
         if let previous, previous !== channel { previous.close(promise: nil) }
         for frame in pending {
-            channel.write(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil)
+            channel.write(WebSocketMessage.binary(frame), promise: nil)
         }
         channel.flush()
         // The other side was held back while this one was away: read it again.
@@ -454,7 +454,7 @@ final class SessionRelay: Sendable {
         guard !closed else { return }
         if let destination { self.scheduleOutboxFlush(role.peer, on: destination.eventLoop) }
         if resume {
-            sender.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: Self.publicationFrame(.startPublication)), promise: nil)
+            sender.writeAndFlush(WebSocketMessage.binary(Self.publicationFrame(.startPublication)), promise: nil)
         } else {
             sender.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait))) { self.drainHeld(role, sender: sender) }
         }
@@ -480,7 +480,7 @@ final class SessionRelay: Sendable {
                 break
             case .hold(let startDraining):
                 if startDraining {
-                    sender.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: Self.publicationFrame(.pausePublication)), promise: nil)
+                    sender.writeAndFlush(WebSocketMessage.binary(Self.publicationFrame(.pausePublication)), promise: nil)
                     sender.eventLoop.scheduleTask(in: .milliseconds(1)) { self.drainHeld(role, sender: sender) }
                 }
                 return
@@ -551,7 +551,7 @@ final class SessionRelay: Sendable {
             }
         }
         guard let channel else { return }
-        for frame in frames { channel.write(WebSocketFrame(fin: true, opcode: .binary, data: frame), promise: nil) }
+        for frame in frames { channel.write(WebSocketMessage.binary(frame), promise: nil) }
         channel.flush()
     }
 
@@ -744,8 +744,8 @@ final class SessionRelay: Sendable {
         for (channel, agentForm, queued) in [(client, false, clientQueued), (agent, true, agentQueued)] {
             guard let channel, let frame = self.channelClosedFrame(output: output, agentForm: agentForm) else { continue }
             // What was relayed before the end still goes, ahead of `channel_closed`.
-            for queuedFrame in queued { channel.write(WebSocketFrame(fin: true, opcode: .binary, data: queuedFrame), promise: nil) }
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: frame)).whenComplete { _ in
+            for queuedFrame in queued { channel.write(WebSocketMessage.binary(queuedFrame), promise: nil) }
+            channel.writeAndFlush(WebSocketMessage.binary(frame)).whenComplete { _ in
                 channel.close(promise: nil)
             }
         }

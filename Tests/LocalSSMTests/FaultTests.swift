@@ -1,8 +1,8 @@
 import Foundation
 import NIOCore
 import NIOPosix
-import NIOWebSocket
 import SSMProtocol
+import WebSocketTransport
 import TestSupport
 import Testing
 
@@ -235,26 +235,26 @@ struct FaultTests {
 
             // Before OpenDataChannel: anything else closes the socket.
             let first = try await raw()
-            try await first.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: garbage))
+            try await first.writeAndFlush(WebSocketMessage.binary(garbage))
             #expect(await closes(first), "a binary frame instead of OpenDataChannelInput")
             let second = try await raw()
-            try await second.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: #"{"hello":"there"}"#)))
+            try await second.writeAndFlush(WebSocketMessage.text(ByteBuffer(string: #"{"hello":"there"}"#)))
             #expect(await closes(second), "a text frame that is not OpenDataChannelInput")
             let third = try await raw()
             let wrongToken = OpenDataChannelInput(
                 requestID: UUID().uuidString.lowercased(), tokenValue: "not-a-token",
                 role: .client(clientID: UUID().uuidString.lowercased(), clientVersion: "1.2.650.0"))
-            try await third.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: wrongToken.encoded()))
+            try await third.writeAndFlush(WebSocketMessage.text(wrongToken.encoded()))
             #expect(await closes(third), "a wrong token")
             let fourth = try await raw()
             let huge = ByteBuffer(repeating: 0x41, count: (1 << 20) + 1)
-            fourth.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: huge), promise: nil)
+            fourth.writeAndFlush(WebSocketMessage.binary(huge), promise: nil)
             #expect(await closes(fourth), "a frame over 1 MiB")
 
             // On the open session: garbage, a truncated AgentMessage and a stray text frame are ignored.
             for frame in [
-                WebSocketFrame(fin: true, opcode: .binary, data: garbage), WebSocketFrame(fin: true, opcode: .binary, data: truncated),
-                WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: "not an AgentMessage")),
+                WebSocketMessage.binary(garbage), WebSocketMessage.binary(truncated),
+                WebSocketMessage.text(ByteBuffer(string: "not an AgentMessage")),
             ] {
                 try await session.channel.writeAndFlush(frame)
             }

@@ -3,8 +3,8 @@ import Foundation
 import Mux
 import NIOCore
 import NIOPosix
-import NIOWebSocket
 import SSMProtocol
+import WebSocketTransport
 import Synchronization
 
 @testable import LocalSSM
@@ -13,8 +13,8 @@ import Synchronization
 /// OpenDataChannel, the client side of the handshake, acknowledgements and resends, and smux
 /// streams that each send a deterministic byte sequence and hash what comes back.
 final class TestSessionClient: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = WebSocketMessage
+    typealias OutboundOut = WebSocketMessage
 
     struct StreamResult: Sendable {
         var sentSHA256: String
@@ -81,11 +81,11 @@ final class TestSessionClient: ChannelInboundHandler {
         let open = OpenDataChannelInput(
             requestID: UUID().uuidString.lowercased(), tokenValue: self.token,
             role: .client(clientID: UUID().uuidString.lowercased(), clientVersion: self.clientVersion))
-        context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: open.encoded())), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(WebSocketMessage.text(open.encoded())), promise: nil)
         if reconnecting {
             // Nothing is replayed explicitly: the unacknowledged messages go again, oldest first.
             for frame in self.reliable.unacknowledgedFrames {
-                context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+                context.write(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
             }
             context.flush()
             self.pump()
@@ -108,8 +108,7 @@ final class TestSessionClient: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
-        guard frame.opcode == .binary, let message = try? AgentMessage.decode(frame.unmaskedData) else { return }
+        guard case .binary(let payload) = self.unwrapInboundIn(data), let message = try? AgentMessage.decode(payload) else { return }
         switch message.messageType {
         case .acknowledge:
             if let ack = try? Acknowledgement(decoding: message.payload) {
@@ -119,8 +118,8 @@ final class TestSessionClient: ChannelInboundHandler {
         case .outputStreamData:
             let reception = self.reliable.receive(message)
             if let ack = reception.acknowledgement {
-                context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(
-                    fin: true, opcode: .binary, data: ack.frame(messageID: .random(), createdDate: 1))), promise: nil)
+                context.writeAndFlush(self.wrapOutboundOut(WebSocketMessage.binary(
+                    ack.frame(messageID: .random(), createdDate: 1))), promise: nil)
             }
             for delivered in reception.deliverable { self.process(delivered) }
             self.pump()
@@ -245,7 +244,7 @@ final class TestSessionClient: ChannelInboundHandler {
         guard let context = self.context,
             let frame = try? self.reliable.send(.inputStreamData, payloadType: type, payload: payload, messageID: .random(), createdDate: 1, now: Self.now())
         else { return }
-        context.write(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+        context.write(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
         if flush { context.flush() }
         self.scheduleRetransmit()
     }
@@ -275,7 +274,7 @@ final class TestSessionClient: ChannelInboundHandler {
         self.retransmit = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(deadline > now ? Int64(deadline - now) : 0)) {
             self.retransmit = nil
             if let frame = self.reliable.retransmission(now: Self.now()) {
-                self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: frame)), promise: nil)
+                self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketMessage.binary(frame)), promise: nil)
             }
             self.scheduleRetransmit()
         }
