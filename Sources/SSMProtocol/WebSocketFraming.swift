@@ -168,4 +168,17 @@ public struct WebSocketFrameHeader: Hashable, Sendable {
             fin: first & 0x80 != 0, reservedBits: (first >> 4) & 0x7, opcodeValue: first & 0x0F,
             mask: mask, payloadLength: length, headerLength: headerLength)
     }
+
+    /// How many more bytes `buffer` needs before its first frame is whole: the rest of the header
+    /// while that is incomplete, then the rest of the payload; 0 once the frame is all there. A
+    /// decoder holding a split frame takes exactly this many from the next read, no more.
+    public static func missingByteCount(in buffer: ByteBuffer, maximumPayloadLength: Int) throws(ParseError) -> Int {
+        if let header = try self.peek(in: buffer, maximumPayloadLength: maximumPayloadLength) {
+            return max(0, header.headerLength + header.payloadLength - buffer.readableBytes)
+        }
+        guard let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) else { return 2 - buffer.readableBytes }
+        let lengthField = second & 0x7F
+        let headerLength = 2 + (lengthField == 126 ? 2 : lengthField == 127 ? 8 : 0) + (second & 0x80 != 0 ? 4 : 0)
+        return headerLength - buffer.readableBytes
+    }
 }

@@ -4,9 +4,9 @@ import SSMProtocol
 /// RFC 6455 framing on a channel: bytes in, `WebSocketMessage`s out, and back.
 ///
 /// Frames are parsed straight out of each read, payloads sliced rather than copied (a masked
-/// payload is unmasked into one copy); only the bytes of a frame split across reads are kept
-/// between reads. Outgoing messages become one buffer each, header and payload, masked in the
-/// same pass when this end is the client. Pings are answered here; a peer's close is answered and
+/// payload is unmasked into one copy); only a frame split across reads is copied, once. Outgoing
+/// messages become one buffer each, header and payload, masked in the same pass when this end is
+/// the client. Pings are answered here; a peer's close is answered and
 /// the connection closed; a protocol error or an over-long message sends the matching close code
 /// (1002, 1009) and closes — nothing is delivered half.
 public final class WebSocketFrameCodec: ChannelDuplexHandler, RemovableChannelHandler {
@@ -52,12 +52,41 @@ public final class WebSocketFrameCodec: ChannelDuplexHandler, RemovableChannelHa
         guard !self.isClosing else { return }
         var bytes = self.unwrapInboundIn(data)
         if var partial = self.partialFrame {
+            // Complete the split frame with only the bytes it lacks, then go on in the read itself:
+            // a frame split across reads costs one copy of that frame, never of the whole read.
             self.partialFrame = nil
-            partial.writeBuffer(&bytes)
-            bytes = partial
+            while partial.readableBytes > 0 {
+                let missing: Int
+                do {
+                    missing = try WebSocketFrameHeader.missingByteCount(in: partial, maximumPayloadLength: self.maximumMessageSize)
+                } catch {
+                    return self.fail(.messageTooBig, context: context)
+                }
+                guard bytes.readableBytes >= missing else {
+                    partial.writeBuffer(&bytes)
+                    self.partialFrame = partial
+                    return
+                }
+                var completion = bytes.readSlice(length: missing)!
+                partial.writeBuffer(&completion)
+                self.decodeFrames(from: &partial, context: context)
+                if self.isClosing { return }
+            }
         }
         self.decodeFrames(from: &bytes, context: context)
-        if !self.isClosing, bytes.readableBytes > 0 { self.partialFrame = bytes }
+        if !self.isClosing, bytes.readableBytes > 0 { self.keepPartialFrame(bytes, allocator: context.channel.allocator) }
+    }
+
+    /// Copies the start of a split frame out of the read, sized for the whole frame when its
+    /// header is there: holding a slice would pin the channel's receive buffer, and growing the
+    /// copy read by read would reallocate it.
+    private func keepPartialFrame(_ bytes: ByteBuffer, allocator: ByteBufferAllocator) {
+        var bytes = bytes
+        let header = try? WebSocketFrameHeader.peek(in: bytes, maximumPayloadLength: self.maximumMessageSize)
+        let frameSize = header.flatMap { $0 }.map { $0.headerLength + $0.payloadLength } ?? 14
+        var partial = allocator.buffer(capacity: max(frameSize, bytes.readableBytes))
+        partial.writeBuffer(&bytes)
+        self.partialFrame = partial
     }
 
     public func channelInactive(context: ChannelHandlerContext) {

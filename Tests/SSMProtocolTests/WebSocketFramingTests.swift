@@ -57,4 +57,33 @@ struct WebSocketFramingTests {
             }
         }
     }
+
+    /// Every prefix of a frame: the count asked for is exactly what completes the header (so that
+    /// `peek` can answer) and then the frame, never a byte of whatever follows.
+    @Test(arguments: [0, 5, 125, 126, 300, 65535, 65536, 70000])
+    func missingByteCountCompletesExactlyOneFrame(payloadLength: Int) throws {
+        var random = FastRandom(seed: 11)
+        for mask in [WebSocketMask(using: &random), nil] {
+            var wire = ByteBuffer()
+            wire.writeWebSocketFrame(opcode: .binary, mask: mask, payload: ByteBuffer(bytes: Self.bytes(payloadLength, seed: 3)))
+            let frameSize = wire.readableBytes
+            var prefixLength = 0
+            var steps = 0
+            while prefixLength < frameSize {
+                let prefix = wire.getSlice(at: 0, length: prefixLength)!
+                let missing = try WebSocketFrameHeader.missingByteCount(in: prefix, maximumPayloadLength: 1 << 20)
+                #expect(missing > 0 && prefixLength + missing <= frameSize, "prefix \(prefixLength) of \(frameSize)")
+                prefixLength += missing
+                steps += 1
+            }
+            #expect(prefixLength == frameSize)
+            #expect(steps <= 3, "first two bytes, rest of the header, payload")
+            #expect(try WebSocketFrameHeader.missingByteCount(in: wire, maximumPayloadLength: 1 << 20) == 0)
+        }
+        var tooLong = ByteBuffer(bytes: [0x82, 127])
+        tooLong.writeInteger(UInt64(1 << 21))
+        #expect(throws: WebSocketFrameHeader.ParseError.self) {
+            try WebSocketFrameHeader.missingByteCount(in: tooLong, maximumPayloadLength: 1 << 20)
+        }
+    }
 }
