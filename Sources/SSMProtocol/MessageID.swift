@@ -67,86 +67,48 @@ public struct MessageID: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses the canonical form from its UTF-8 bytes.
     public init?<C: Collection>(utf8 text: C) where C.Element == UInt8 {
-        var high: UInt64 = 0
-        var low: UInt64 = 0
-        var nibbles = 0
-        var position = 0
-        for byte in text {
-            defer { position += 1 }
-            if position == 8 || position == 13 || position == 18 || position == 23 {
-                guard byte == UInt8(ascii: "-") else { return nil }
-                continue
-            }
-            guard let value = Self.hexValue(byte) else { return nil }
-            if nibbles < 16 {
-                high = high << 4 | UInt64(value)
-            } else {
-                low = low << 4 | UInt64(value)
-            }
-            nibbles += 1
-        }
-        guard position == 36, nibbles == 32 else { return nil }
-        self.init(high: high, low: low)
+        let parsed = text.withContiguousStorageIfAvailable { MessageID(utf8: UnsafeRawBufferPointer($0)) }
+            ?? Array(text).withUnsafeBytes { MessageID(utf8: $0) }
+        guard let parsed else { return nil }
+        self = parsed
     }
 
     /// Lowercase canonical form of the logical UUID, as acknowledgements carry it.
     public var description: String {
-        String(unsafeUninitializedCapacity: 36) { out in
-            var index = 0
-            func put(_ value: UInt64, nibbles: Int) {
-                var shift = (nibbles - 1) * 4
-                while shift >= 0 {
-                    out[index] = Self.hexDigits[Int((value >> UInt64(shift)) & 0xF)]
-                    index += 1
-                    shift -= 4
-                }
-            }
-            func dash() {
-                out[index] = UInt8(ascii: "-")
-                index += 1
-            }
-            put(self.high >> 32, nibbles: 8)
-            dash()
-            put((self.high >> 16) & 0xFFFF, nibbles: 4)
-            dash()
-            put(self.high & 0xFFFF, nibbles: 4)
-            dash()
-            put(self.low >> 48, nibbles: 4)
-            dash()
-            put(self.low & 0xFFFF_FFFF_FFFF, nibbles: 12)
-            return index
-        }
+        String(unsafeUninitializedCapacity: 36) { self.writeCanonical(to: UnsafeMutableRawBufferPointer($0)) }
     }
 
     /// Writes the lowercase canonical form (36 bytes) into `buffer`, without making a `String`.
     public func write(into buffer: inout ByteBuffer) {
-        buffer.reserveCapacity(minimumWritableBytes: 36)
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 36) { out in
-            var index = 0
-            func put(_ value: UInt64, nibbles: Int) {
-                var shift = (nibbles - 1) * 4
-                while shift >= 0 {
-                    let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF
-                    out[index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble
-                    index += 1
-                    shift -= 4
-                }
-            }
-            func dash() {
-                out[index] = UInt8(ascii: "-")
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 36) { self.writeCanonical(to: $0) }
+    }
+
+    /// The 36 bytes of the canonical 8-4-4-4-12 form; returns how many it wrote.
+    private func writeCanonical(to out: UnsafeMutableRawBufferPointer) -> Int {
+        var index = 0
+        func put(_ value: UInt64, nibbles: Int) {
+            var shift = (nibbles - 1) * 4
+            while shift >= 0 {
+                let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF
+                out[index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble
                 index += 1
+                shift -= 4
             }
-            put(self.high >> 32, nibbles: 8)
-            dash()
-            put((self.high >> 16) & 0xFFFF, nibbles: 4)
-            dash()
-            put(self.high & 0xFFFF, nibbles: 4)
-            dash()
-            put(self.low >> 48, nibbles: 4)
-            dash()
-            put(self.low & 0xFFFF_FFFF_FFFF, nibbles: 12)
-            return index
         }
+        func dash() {
+            out[index] = UInt8(ascii: "-")
+            index += 1
+        }
+        put(self.high >> 32, nibbles: 8)
+        dash()
+        put((self.high >> 16) & 0xFFFF, nibbles: 4)
+        dash()
+        put(self.high & 0xFFFF, nibbles: 4)
+        dash()
+        put(self.low >> 48, nibbles: 4)
+        dash()
+        put(self.low & 0xFFFF_FFFF_FFFF, nibbles: 12)
+        return index
     }
 
     static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
