@@ -13,6 +13,8 @@ final class PooledStream: DestinationStream, MuxStreamPeer {
     weak var delegate: (any DestinationStreamDelegate)?
     var finished = false
     var lingerTask: Scheduled<Void>?
+    /// Counted in the channel's `lingering` from the client's EOF until the stream ends.
+    var isLingering = false
 
     init(channel: PooledChannel, linger: TimeAmount) {
         self.channel = channel
@@ -31,6 +33,8 @@ final class PooledStream: DestinationStream, MuxStreamPeer {
     func finishWriting() {
         // The agent would close the destination on our FIN: wait for it to close first, or linger out.
         guard self.lingerTask == nil, !self.finished else { return }
+        self.isLingering = true
+        self.channel.lingering += 1
         self.lingerTask = self.eventLoop.assumeIsolated().scheduleTask(in: self.linger) {
             guard !self.finished, let id = self.id else { return }
             self.channel.mux.closeStream(id)
@@ -51,7 +55,7 @@ final class PooledStream: DestinationStream, MuxStreamPeer {
         guard !self.finished else { return }
         self.finished = true
         self.lingerTask?.cancel()
-        self.channel.streamEnded()
+        self.channel.streamEnded(wasLingering: self.isLingering)
     }
 
     // MARK: MuxStreamPeer

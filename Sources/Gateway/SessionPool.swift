@@ -12,7 +12,8 @@ public struct PoolSettings: Sendable, Hashable {
     /// Sessions in all at most.
     public var totalSessions = 64
     /// Streams a session takes before the Pool starts another for the route (a soft cap: at the
-    /// limits, streams go to the least-loaded session).
+    /// limits, streams go to the least-loaded session). Streams lingering after their client's EOF
+    /// do not count.
     public var streamsPerSession = 2
     /// A session with no streams is closed after this; kept below the account's session idle timeout.
     public var idleTimeout: TimeAmount = .seconds(120)
@@ -54,7 +55,13 @@ final class PooledChannel {
     let mux: MuxConnection
     /// Weak: streams may outlive a gateway that has shut down.
     weak var pool: SessionPool?
+    /// Open smux streams, lingering ones included: a session closes as idle only at zero.
     var streams = 0
+    /// Of `streams`, those whose client has finished sending and that only wait for the
+    /// destination to close (up to `linger`): they carry no upload, so placement ignores them.
+    var lingering = 0
+    /// What placement balances: streams still carrying their client's data.
+    var load: Int { self.streams - self.lingering }
     var idleTask: Scheduled<Void>?
     var closed = false
 
@@ -66,15 +73,17 @@ final class PooledChannel {
         self.pool = pool
     }
 
-    func streamEnded() {
+    func streamEnded(wasLingering: Bool) {
         self.streams -= 1
+        if wasLingering { self.lingering -= 1 }
         self.pool?.channelBecameLess(loaded: self)
     }
 }
 
 /// Warm sessions per route and the smux streams on them: least-loaded session first, a new session
-/// when every one holds `streamsPerSession`, up to the per-route and total limits; idle sessions
-/// close after `idleTimeout`. Bound to one event loop: every call happens on it.
+/// started ahead as soon as every one holds `streamsPerSession` (connections beyond that wait for
+/// it, so a burst spreads), up to the per-route and total limits; idle sessions close after
+/// `idleTimeout`. Bound to one event loop: every call happens on it.
 final class SessionPool {
     struct Waiter {
         var user: String
@@ -132,17 +141,18 @@ final class SessionPool {
         let live = state.channels.filter { !$0.closed && !$0.mux.isClosed }
         let canGrow = state.channels.count + state.starting < self.settings.sessionsPerRoute
             && self.totalSessions < self.settings.totalSessions
-        if let best = live.min(by: { $0.streams < $1.streams }),
-            best.streams < self.settings.streamsPerSession || best.streams < 2 * self.settings.streamsPerSession && state.starting == 0 || !canGrow
-        {
-            if best.streams >= self.settings.streamsPerSession {
-                // Every session is at its cap: this connection goes on the least-loaded one now (no
-                // wait), and another session warms up for the next ones.
+        let cap = self.settings.streamsPerSession
+        // At the limits, a session past its cap still beats waiting, unless one that is starting has room.
+        let roomInStarting = state.starting * cap - state.waiters.count
+        if let best = live.min(by: { $0.load < $1.load }), best.load < cap || !canGrow && roomInStarting <= 0 {
+            // The session ended under us: forget it and try again.
+            guard let stream = self.attach(to: best) else { return self.open(route: route, user: user) }
+            if canGrow, state.starting == 0, live.allSatisfy({ $0.load >= cap }) {
+                // That filled the last session with room: warm the next one now, so the next
+                // connection finds it ready instead of waiting for a session start.
                 self.startChannels(route: route, state: state, wanted: 1, user: user)
             }
-            if let stream = self.attach(to: best) { return self.loop.assumeIsolated().makeSucceededFuture(stream) }
-            // The session ended under us: forget it and try again.
-            return self.open(route: route, user: user)
+            return self.loop.assumeIsolated().makeSucceededFuture(stream)
         }
         // A burst beyond what the warm sessions should carry waits for the sessions it starts, so
         // its streams spread over them (a TCP stream never moves once placed).
@@ -265,8 +275,8 @@ final class SessionPool {
     func serveWaiters(_ state: RouteState) {
         while !state.waiters.isEmpty {
             let live = state.channels.filter { !$0.closed && !$0.mux.isClosed }
-            guard let best = live.min(by: { $0.streams < $1.streams }) else { return }
-            if best.streams >= self.settings.streamsPerSession, state.starting > 0 { return }
+            guard let best = live.min(by: { $0.load < $1.load }) else { return }
+            if best.load >= self.settings.streamsPerSession, state.starting > 0 { return }
             guard let stream = self.attach(to: best) else { continue }
             state.waiters.removeFirst().promise.assumeIsolated().succeed(stream)
         }

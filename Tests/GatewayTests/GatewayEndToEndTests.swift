@@ -2,6 +2,7 @@ import Foundation
 import Gateway
 import LocalSSM
 import NIOCore
+import NIOPosix
 import TestSupport
 import Testing
 
@@ -209,6 +210,45 @@ struct GatewayFrontsEndToEndTests {
         #expect(used >= 2 && used <= Int(sessions), "streams used \(used) of \(sessions) sessions")
     }
 
+    @Test("Placement: a burst onto a warm route spreads two streams per session; connections past their EOF do not count as load")
+    func placementSpreadsBurstsAndIgnoresLingeringStreams() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
+            configuration.pool.linger = .seconds(8)  // longer than the sequential part below takes
+        }
+        defer {
+            gateway.close()
+            Task { await echo.close() }
+        }
+        let port = gateway.server.bound.forwards[0]
+
+        // Sequential connections that send their EOF and then wait (as `ssh` does at the end of a
+        // session): the gateway holds each stream open for the destination's answer, but none of
+        // them is load, so one session carries them all and no other is started.
+        var halfClosed: [any Channel] = []
+        for _ in 0..<6 {
+            halfClosed.append(try await PlacementProbe.connect(port: port, halfClose: true))
+        }
+        let afterSequential = try await gateway.metricsText()
+        #expect(GatewayHarness.metric(afterSequential, "ssmgate_sessions_started_total") == 1, "\(afterSequential)")
+        for channel in halfClosed { try? await channel.close() }
+        _ = await gateway.closeLines(atLeast: 6)
+
+        // 16 connections at once onto that warm, now idle session: it takes two, and the other
+        // fourteen wait for the seven sessions the Pool starts, two each.
+        let burst = try await withThrowingTaskGroup(of: (any Channel).self) { group in
+            for _ in 0..<16 { group.addTask { try await PlacementProbe.connect(port: port, halfClose: false) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        for channel in burst { try? await channel.close() }
+        let closes = await gateway.closeLines(atLeast: 22)
+        #expect(closes.count == 22)
+        let perSession = Dictionary(grouping: closes.dropFirst(6).compactMap { $0["session_id"] as? String }, by: { $0 }).mapValues(\.count)
+        #expect(perSession.count == 8, "\(perSession)")
+        #expect(perSession.values.allSatisfy { $0 <= 2 }, "\(perSession)")
+    }
+
     @Test("psql runs queries through a static forward and through AWS-StartPortForwardingSessionToRemoteHost")
     func psqlThroughForwards() async throws {
         let postgres = try await PostgresServer.start()
@@ -316,5 +356,60 @@ struct GatewayFrontsEndToEndTests {
         process.signalGroup(SIGTERM)
         let status = await process.waitForExit(within: 30)
         #expect(status == 0, "\(process.text)")
+    }
+}
+
+/// A client for placement tests: sends one byte and waits for its echo (the stream is open and
+/// placed), optionally sends its EOF right after the byte, and stays connected until closed.
+final class PlacementProbe: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let echoed: EventLoopPromise<Void>
+    let halfClose: Bool
+    var settled = false
+
+    init(echoed: EventLoopPromise<Void>, halfClose: Bool) {
+        self.echoed = echoed
+        self.halfClose = halfClose
+    }
+
+    static func connect(port: Int, halfClose: Bool) async throws -> any Channel {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let echoed = loop.makePromise(of: Void.self)
+        let channel = try await ClientBootstrap(group: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PlacementProbe(echoed: echoed, halfClose: halfClose))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        do {
+            try await echoed.futureResult.get()
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        return channel
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(bytes: [0x2A])), promise: nil)
+        if self.halfClose { context.close(mode: .output, promise: nil) }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.settled, self.unwrapInboundIn(data).readableBytes > 0 else { return }
+        self.settled = true
+        self.echoed.succeed()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !self.settled {
+            self.settled = true
+            self.echoed.fail(ChannelError.eof)
+        }
+        context.fireChannelInactive()
     }
 }
