@@ -83,11 +83,17 @@ struct GatewayEndToEndTests {
         #expect(closes.allSatisfy { $0["outcome"] as? String == "ok" && $0["document"] as? String == "AWS-StartPortForwardingSession" })
     }
 
-    @Test("A wrong key is refused; a denied or unknown target is refused with a message ssh shows")
+    @Test("A wrong key is refused; a denied, unknown, ambiguous or offline target is refused with a message ssh shows")
     func refusals() async throws {
         let gateway = try await GatewayHarness.start { configuration, _ in
             // bob may reach the instance's ssh only on another port.
             configuration.users[1].rules = [AccessRule(targets: ["name:local"], ports: [1...21])]
+            // Two running instances share one Name; a third has lost its agent.
+            configuration.localConfiguration?.instances += [
+                .init(id: "i-0aaaaaaaaaaaaaaa1", tags: ["Name": "twin"]),
+                .init(id: "i-0aaaaaaaaaaaaaaa2", tags: ["Name": "twin"]),
+                .init(id: "i-0aaaaaaaaaaaaaaa3", tags: ["Name": "sleepy"], pingStatus: .connectionLost),
+            ]
         }
         defer { gateway.close() }
         let ssh = try self.tool("ssh", package: "openssh-client")
@@ -116,9 +122,17 @@ struct GatewayEndToEndTests {
         let unknown = try await run(ssh, gateway.jumpOptions() + ["-p", "\(gateway.sshd.port)", "\(gateway.sshd.user)@no-such-node", "true"], environment: Self.environment)
         #expect(unknown.status == 255)
         #expect(unknown.stderr.contains("No managed node is called 'no-such-node'"), "\(unknown.stderr)")
+        let ambiguous = try await run(ssh, gateway.jumpOptions() + ["-p", "\(gateway.sshd.port)", "\(gateway.sshd.user)@twin", "true"], environment: Self.environment)
+        #expect(ambiguous.status == 255)
+        #expect(ambiguous.stderr.contains("The name 'twin' is ambiguous: 2 instances carry it (i-0aaaaaaaaaaaaaaa1, i-0aaaaaaaaaaaaaaa2)"), "\(ambiguous.stderr)")
+        let offline = try await run(ssh, gateway.jumpOptions() + ["-p", "\(gateway.sshd.port)", "\(gateway.sshd.user)@sleepy", "true"], environment: Self.environment)
+        #expect(offline.status == 255)
+        #expect(offline.stderr.contains("i-0aaaaaaaaaaaaaaa3 (sleepy) is ConnectionLost"), "\(offline.stderr)")
         let refusedLines = gateway.auditLines().filter { $0["event"] as? String == "refused" }
         #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("denied") == true && $0["user"] as? String == "bob" })
         #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("unknown_target") == true })
+        #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("ambiguous_target") == true })
+        #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("target_offline") == true })
     }
 
     @Test("Plain `ssh gw` prints the help text with the reachable targets and exits 0")
