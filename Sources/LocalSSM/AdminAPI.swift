@@ -50,12 +50,22 @@ struct AdminAPI {
                 self.server.mgs.faults.update { $0.sessions[id] = nil }
                 return self.faults()
             case (.GET, .session(let id)?):
-                guard let relay = self.server.mgs.relay(id) else { throw AWSAPIError.doesNotExist("No open session \(id).") }
-                let counts = relay.faultCounts
-                return SSMAPI.ok(.object([
-                    ("SessionId", .string(id)), ("dropped", .integer(counts.dropped)), ("duplicated", .integer(counts.duplicated)),
-                    ("reordered", .integer(counts.reordered)), ("corrupted", .integer(counts.corrupted)),
-                ]))
+                // Who started it (what CloudTrail would name) and, while its relay is open, the faults applied.
+                let session = self.server.registry.session(id)
+                let relay = self.server.mgs.relay(id)
+                guard session != nil || relay != nil else { throw AWSAPIError.doesNotExist("No session \(id).") }
+                var fields: [(String, JSONValue)] = [("SessionId", .string(id))]
+                if let session {
+                    fields.append(("Owner", .string(session.owner)))
+                    fields.append(("SourceIdentity", session.sourceIdentity.map(JSONValue.string) ?? .null))
+                }
+                if let counts = relay?.faultCounts {
+                    fields += [
+                        ("dropped", .integer(counts.dropped)), ("duplicated", .integer(counts.duplicated)),
+                        ("reordered", .integer(counts.reordered)), ("corrupted", .integer(counts.corrupted)),
+                    ]
+                }
+                return SSMAPI.ok(.object(fields))
             case (.POST, .dropWebSocket(let id)?):
                 let body = try Self.body(request)
                 let entries = try Self.reader.mapping(body, key: "")

@@ -26,12 +26,24 @@ public struct LocalSSMConfiguration: Sendable, Equatable {
         public var userName: String
         /// Documents StartSession may use with this key; nil allows all.
         public var allowedDocuments: [String]?
+        /// Temporary credentials (from AssumeRole) carry a session token that every request must present.
+        public var sessionToken: String?
+        /// Who the key acts as in session owners; nil means the IAM user `userName`.
+        public var principalARN: String?
+        /// The SourceIdentity an AssumeRole set, which AWS stamps on every CloudTrail event of the session.
+        public var sourceIdentity: String?
 
-        public init(accessKeyID: String, secretAccessKey: String, userName: String? = nil, allowedDocuments: [String]? = nil) {
+        public init(
+            accessKeyID: String, secretAccessKey: String, userName: String? = nil, allowedDocuments: [String]? = nil,
+            sessionToken: String? = nil, principalARN: String? = nil, sourceIdentity: String? = nil
+        ) {
             self.accessKeyID = accessKeyID
             self.secretAccessKey = secretAccessKey
             self.userName = userName ?? accessKeyID
             self.allowedDocuments = allowedDocuments
+            self.sessionToken = sessionToken
+            self.principalARN = principalARN
+            self.sourceIdentity = sourceIdentity
         }
     }
 

@@ -14,6 +14,8 @@ public final class LocalSSMServer: Sendable {
     public let registry: SessionRegistry
     public let mgs: MGS
     let verifier: SigV4Verifier
+    /// Keys issued by AssumeRole, accepted beside the configured ones until they expire.
+    let issuedCredentials: IssuedCredentials
     private let boundChannel = Mutex<(any Channel)?>(nil)
     private let boundPort = Mutex<Int?>(nil)
     /// Kills an instance's agent and restarts it after a delay (nil: not); set by ``LocalEmulator``.
@@ -23,9 +25,12 @@ public final class LocalSSMServer: Sendable {
         self.configuration = configuration
         self.registry = SessionRegistry()
         self.mgs = MGS(registry: self.registry, limits: configuration.limits, faults: FaultInjector(configuration.faults))
-        self.verifier = SigV4Verifier(
-            region: configuration.region, services: ["ssm", "ec2", "ssmmessages"],
-            credentials: configuration.credentials.map { AWSCredentials(accessKeyID: $0.accessKeyID, secretAccessKey: $0.secretAccessKey) })
+        let issued = IssuedCredentials()
+        self.issuedCredentials = issued
+        self.verifier = SigV4Verifier(region: configuration.region, services: ["ssm", "ec2", "ssmmessages", "sts"]) { accessKeyID in
+            guard let known = configuration.credential(accessKeyID) ?? issued.credential(accessKeyID) else { return nil }
+            return AWSCredentials(accessKeyID: known.accessKeyID, secretAccessKey: known.secretAccessKey, sessionToken: known.sessionToken)
+        }
     }
 
     /// The port actually bound (useful when the configuration asks for port 0).
@@ -131,6 +136,12 @@ public final class LocalSSMServer: Sendable {
             }
             return self.api.describeInstances(form: form)
         }
+        if form.first(where: { $0.0 == "Action" })?.1 == "AssumeRole" {
+            switch self.authenticate(request, service: "sts") {
+            case .success(let caller): return STSAPI(configuration: self.configuration, issued: self.issuedCredentials).handle(form: form, caller: caller)
+            case .failure(let error): return STSAPI.failure(error, requestID: UUID().uuidString.lowercased())
+            }
+        }
         return SSMAPI.failure(.unknownOperation(form.first(where: { $0.0 == "Action" })?.1 ?? "(no X-Amz-Target or Action)"))
     }
 
@@ -142,12 +153,14 @@ public final class LocalSSMServer: Sendable {
             body: Array(request.body.readableBytesView))
         switch self.verifier.verify(signed, now: Date()) {
         case .success(let caller):
-            guard caller.service == service, let credential = self.configuration.credential(caller.accessKeyID) else {
+            guard caller.service == service,
+                let credential = self.configuration.credential(caller.accessKeyID) ?? self.issuedCredentials.credential(caller.accessKeyID)
+            else {
                 return .failure(AWSAPIError(code: "InvalidSignatureException", message: "Credential should be scoped to correct service: '\(service)'."))
             }
             return .success(credential)
         case .failure(let error):
-            let response = error.response(for: service == "ec2" ? .ec2Query : .awsJSON)
+            let response = error.response(for: service == "ec2" || service == "sts" ? .ec2Query : .awsJSON)
             return .failure(AWSAPIError(status: response.httpStatus, code: response.code, message: response.message))
         }
     }

@@ -103,8 +103,9 @@ public struct SSMAPI: Sendable {
         let session = SessionRegistry.Session(
             id: sessionID, target: target, documentName: documentName, sessionType: document.sessionType,
             parameters: values, properties: document.properties(with: values),
-            owner: "arn:aws:iam::\(account):user/\(caller.userName)", reason: request["Reason"]?.stringValue,
-            status: .connecting, startDate: Date(), endDate: nil, clientTokens: [token], agentTokens: [])
+            owner: caller.principalARN ?? "arn:aws:iam::\(account):user/\(caller.userName)", reason: request["Reason"]?.stringValue,
+            status: .connecting, startDate: Date(), endDate: nil, clientTokens: [token], agentTokens: [],
+            sourceIdentity: caller.sourceIdentity)
         self.registry.create(session)
         guard self.mgs.deliverStartSession(session, document: document) else {
             self.registry.terminate(sessionID)

@@ -27,6 +27,8 @@ public final class SessionRegistry: Sendable {
         var clientTokens: Set<String>
         /// The token the agent may present, from its latest CreateDataChannel.
         var agentTokens: Set<String>
+        /// The SourceIdentity of the credentials that started the session (assumed roles only).
+        public var sourceIdentity: String? = nil
     }
 
     private let state = Mutex<[String: Session]>([:])

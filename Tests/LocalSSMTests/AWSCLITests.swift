@@ -55,6 +55,44 @@ struct AWSCLITests {
         }
     }
 
+    @Test("STS AssumeRole: a temporary key that needs its session token; other accounts and bad names refused with STS's codes")
+    func assumeRoleThroughAWSCLI() async throws {
+        try await withEmulator(Self.configuration) { emulator in
+            let endpoint = emulator.server.endpointURL
+            let assumed = try await aws(
+                ["sts", "assume-role", "--role-arn", "arn:aws:iam::111122223333:role/ops", "--role-session-name", "alice", "--source-identity", "alice"],
+                endpoint: endpoint)
+            #expect(assumed.status == 0, "\(assumed.stderr)")
+            let credentials = try #require(assumed.json?["Credentials"] as? [String: Any], "\(assumed.stdout)")
+            let key = try #require(credentials["AccessKeyId"] as? String)
+            let secret = try #require(credentials["SecretAccessKey"] as? String)
+            let token = try #require(credentials["SessionToken"] as? String)
+            #expect(key.hasPrefix("ASIA") && key.count == 20)
+            #expect(credentials["Expiration"] != nil)
+            #expect((assumed.json?["AssumedRoleUser"] as? [String: Any])?["Arn"] as? String == "arn:aws:sts::111122223333:assumed-role/ops/alice")
+            #expect(assumed.json?["SourceIdentity"] as? String == "alice")
+
+            let asRole = try await aws(["ssm", "describe-instance-information"], endpoint: endpoint, environment: [
+                "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token,
+            ])
+            #expect(asRole.status == 0, "\(asRole.stderr)")
+            let withoutToken = try await aws(["ssm", "describe-instance-information"], endpoint: endpoint, environment: [
+                "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+            ])
+            #expect(withoutToken.status != 0)
+            #expect(!withoutToken.stderr.contains(secret) && !withoutToken.stderr.contains(token))
+
+            let foreign = try await aws(
+                ["sts", "assume-role", "--role-arn", "arn:aws:iam::999999999999:role/ops", "--role-session-name", "alice"], endpoint: endpoint)
+            #expect(foreign.status != 0)
+            #expect(foreign.stderr.contains("AccessDenied") && foreign.stderr.contains("not authorized to perform: sts:AssumeRole"), "\(foreign.stderr)")
+            let badName = try await aws(
+                ["sts", "assume-role", "--role-arn", "arn:aws:iam::111122223333:role/ops", "--role-session-name", "a b"], endpoint: endpoint)
+            #expect(badName.status != 0)
+            #expect(badName.stderr.contains("ValidationError"), "\(badName.stderr)")
+        }
+    }
+
     @Test func errorsHaveTheirAWSCodes() async throws {
         try await withEmulator(Self.configuration) { emulator in
             let endpoint = emulator.server.endpointURL
