@@ -171,7 +171,7 @@ public final class GatewayServer: Sendable {
         pool.idleTimeout = min(pool.idleTimeout, fresh.sessionIdleTimeout - .seconds(30))
         self.core.update(users: UserDirectory(users: fresh.users), router: Self.routerConfiguration(fresh), pool: pool)
         self.core.audit.reopen()
-        self.logger.info("configuration reloaded", metadata: ["users": "\(fresh.users.count)"])
+        self.logger.notice("configuration reloaded", metadata: ["users": "\(fresh.users.count)"])
     }
 
     /// SIGTERM: stop accepting, let open streams finish for up to `drainTime`, then close the rest.

@@ -119,14 +119,13 @@ struct ServeCommand: AsyncParsableCommand {
         print(server.banner())
         fflush(nil)
         let stop = AsyncStream<Void>.makeStream()
+        // The file is read again with the same flags over it (listeners, --local, --audit-log), so
+        // only what the file changed differs; without a file this re-reads the user's own keys.
         let reloads = SignalRelay(signals: [SIGHUP]) {
-            guard let file = self.config else { return }
             do {
-                var fresh = try GatewayConfiguration.load(file: file)
-                if fresh.users.isEmpty { fresh.users = configuration.users }
-                server.reload(fresh)
+                server.reload(try self.loadConfiguration())
             } catch {
-                Console.error("ssmgate: configuration not reloaded: \(error)\n")
+                Console.error("ssmgate: configuration not reloaded, the running one stays: \(error)\n")
             }
         }
         let terminations = SignalRelay(signals: [SIGTERM, SIGINT]) { stop.continuation.yield() }

@@ -135,6 +135,39 @@ struct GatewayEndToEndTests {
         #expect(refusedLines.contains { ($0["outcome"] as? String)?.hasPrefix("target_offline") == true })
     }
 
+    @Test("A user with role_arn gets sessions of their own, started with AssumeRole as them (RoleSessionName and SourceIdentity); a role that cannot be assumed is refused with AWS's reason")
+    func perUserRoles() async throws {
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.users[2].roleARN = "arn:aws:iam::111122223333:role/ssmgate-users"  // carol
+            configuration.users[1].roleARN = "arn:aws:iam::999999999999:role/elsewhere"  // bob: not the emulator's account
+        }
+        defer { gateway.close() }
+        let ssh = try self.tool("ssh", package: "openssh-client")
+        let curl = try self.tool("curl", package: "curl")
+        for user in ["alice", "carol"] {
+            let result = try await run(ssh, gateway.jumpOptions(as: user) + [gateway.destination, "echo as-\(user)"], environment: Self.environment)
+            #expect(result.status == 0, "\(user): \(result.stderr)")
+            #expect(result.stdout.contains("as-\(user)"))
+        }
+        let refused = try await run(ssh, gateway.jumpOptions(as: "bob") + [gateway.destination, "true"], environment: Self.environment)
+        #expect(refused.status == 255)
+        #expect(refused.stderr.contains("not authorized to perform: sts:AssumeRole"), "\(refused.stderr)")
+
+        let closes = await gateway.closeLines(atLeast: 2)
+        let sessions = Dictionary(closes.compactMap { line in (line["user"] as? String).map { ($0, line["session_id"] as? String ?? "") } }, uniquingKeysWith: { first, _ in first })
+        // The gateway's own key starts alice's sessions; carol's are the role's, named after her.
+        let carolSession = try #require(sessions["carol"])
+        #expect(carolSession.hasPrefix("carol-"), "\(sessions)")
+        #expect(sessions["alice"].map { !$0.hasPrefix("carol-") && !$0.isEmpty } == true, "\(sessions)")
+        let emulator = try #require(gateway.server.bound.emulatorURL)
+        let described = try await run(curl, ["-sS", "\(emulator)/admin/sessions/\(carolSession)"], environment: Self.environment)
+        let session = try #require(try JSONSerialization.jsonObject(with: Data(described.stdout.utf8)) as? [String: Any], "\(described.stdout)")
+        #expect(session["Owner"] as? String == "arn:aws:sts::111122223333:assumed-role/ssmgate-users/carol", "\(session)")
+        #expect(session["SourceIdentity"] as? String == "carol", "\(session)")
+        let bobLines = gateway.auditLines().filter { $0["user"] as? String == "bob" }
+        #expect(bobLines.contains { ($0["outcome"] as? String)?.contains("AssumeRole") == true }, "\(bobLines)")
+    }
+
     @Test("Plain `ssh gw` prints the help text with the reachable targets and exits 0")
     func helpText() async throws {
         let gateway = try await GatewayHarness.start()
@@ -350,26 +383,130 @@ struct GatewayFrontsEndToEndTests {
         defer { process.cleanUp() }
         #expect(await process.waitForOutput(containing: "SSH jump host", within: 60), "\(process.text)")
         #expect(process.text.contains("127.0.0.1:\(ports.1)") && process.text.contains("/metrics"))
-        let config = home.file("ssh_config")
-        try """
-            Host gw
-              HostName 127.0.0.1
-              Port \(ports.0)
-              IdentityFile \(home.file(".ssh/id_ed25519"))
-            Host *
-              IdentitiesOnly yes
-              IdentityFile \(sshd.userKey)
-              StrictHostKeyChecking no
-              UserKnownHostsFile /dev/null
-              BatchMode yes
-              LogLevel ERROR
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let config = try writeJumpConfig(home.file("ssh_config"), gatewayPort: ports.0, gatewayKey: home.file(".ssh/id_ed25519"), sshd: sshd)
         let result = try await run(ssh, ["-F", config, "-J", "gw", "-p", "\(sshd.port)", "\(sshd.user)@local", "echo served"], environment: Self.environment)
         #expect(result.status == 0, "\(result.stderr)\n\(process.text)")
         #expect(result.stdout.contains("served"))
         process.signalGroup(SIGTERM)
         let status = await process.waitForExit(within: 30)
         #expect(status == 0, "\(process.text)")
+    }
+}
+
+/// An ssh_config for a `serve` process: `gw` is the gateway (as `user`, or the login name), every
+/// other host the test sshd. The client's own messages (a refusal's reason) stay at INFO.
+func writeJumpConfig(_ path: String, gatewayPort: Int, gatewayKey: String, sshd: SSHServer, user: String? = nil) throws -> String {
+    try """
+        Host gw
+          HostName 127.0.0.1
+          Port \(gatewayPort)
+          \(user.map { "User \($0)" } ?? "")
+          IdentityFile \(gatewayKey)
+        Host *
+          IdentitiesOnly yes
+          IdentityFile \(sshd.userKey)
+          StrictHostKeyChecking no
+          UserKnownHostsFile /dev/null
+          BatchMode yes
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+extension GatewayEndToEndTests {
+
+    @Test("SIGHUP reloads users and rules from the file (flags still apply) without dropping open streams; a bad file keeps the running configuration")
+    func serveReloadsOnSIGHUP() async throws {
+        let ssmgate = try ssmgateExecutable()
+        let ssh = try self.tool("ssh", package: "openssh-client")
+        let keygen = try self.tool("ssh-keygen", package: "openssh-client")
+        let sshd = try await SSHServer.start()
+        defer { sshd.stop() }
+        let echo = try await EchoServer()
+        let home = try ScratchDirectory("reload-home")
+        defer {
+            home.remove()
+            Task { await echo.close() }
+        }
+        _ = try await run(keygen, ["-q", "-t", "ed25519", "-N", "", "-f", home.file("alice")], environment: Self.environment)
+        let aliceKey = try String(contentsOfFile: home.file("alice.pub"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let (sshPort, forwardPort) = try await (freePort(), freePort())
+        let configFile = home.file("gateway.yaml")
+        func writeConfiguration(allowedPorts: String, ruleKey: String = "allow") throws {
+            // The held connection ends with a FIN; its stream lingers (the destination might still
+            // answer) for linger_seconds, then ends with its own FIN.
+            try """
+                pool: {linger_seconds: 1}
+                forwards:
+                  - {listen: "127.0.0.1:\(forwardPort)", target: local, port: \(echo.port)}
+                users:
+                  alice:
+                    keys: ["\(aliceKey)"]
+                    \(ruleKey):
+                      - {targets: ["*"], ports: [\(allowedPorts)]}
+                  anonymous:
+                    allow: [{targets: ["local"], ports: [\(echo.port)]}]
+                """.write(toFile: configFile, atomically: true, encoding: .utf8)
+        }
+        try writeConfiguration(allowedPorts: "\(sshd.port)")
+        var environment = Self.environment
+        environment["SSMGATE_DAEMON_SOCKET"] = home.file("daemon.sock")
+        let process = try BackgroundProcess(ssmgate, [
+            "serve", "--local", "--limits", "unlimited", "--config", configFile, "--ssh-listen", "127.0.0.1:\(sshPort)",
+            "--socks-listen", "off", "--http-listen", "off", "--metrics-listen", "off", "--audit-log", home.file("audit.jsonl"),
+        ], environment: environment)
+        defer { process.cleanUp() }
+        #expect(await process.waitForOutput(containing: "SSH jump host", within: 60), "\(process.text)")
+        let sshConfig = try writeJumpConfig(home.file("ssh_config"), gatewayPort: sshPort, gatewayKey: home.file("alice"), sshd: sshd, user: "alice")
+        let jump = ["-F", sshConfig, "-J", "gw", "-p", "\(sshd.port)", "\(sshd.user)@local"]
+        let allowed = try await run(ssh, jump + ["echo before"], environment: Self.environment)
+        #expect(allowed.status == 0 && allowed.stdout.contains("before"), "\(allowed.stderr)\n\(process.text)")
+
+        // One connection through the forward stays open across both reloads.
+        let held = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: forwardPort) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        try await held.executeThenClose { inbound, outbound in
+            var replies = inbound.makeAsyncIterator()
+            func roundTrip(_ text: String) async throws -> String {
+                try await outbound.write(ByteBuffer(string: text))
+                var answer = ""
+                while answer.utf8.count < text.utf8.count, let chunk = try await replies.next() { answer += String(buffer: chunk) }
+                return answer
+            }
+            #expect(try await roundTrip("ping one\n") == "ping one\n")
+
+            // alice may now reach only ports 1-21: the new rule applies to the next connection.
+            try writeConfiguration(allowedPorts: "\"1-21\"")
+            process.signalGroup(SIGHUP)
+            #expect(await process.waitForOutput(containing: "configuration reloaded", within: 20), "\(process.text)")
+            #expect(!process.text.contains("listener addresses changed"), "the flags' listeners must not read as a change: \(process.text)")
+            let denied = try await run(ssh, jump + ["echo after"], environment: Self.environment)
+            #expect(denied.status == 255)
+            #expect(denied.stderr.contains("Access denied"), "\(denied.stderr)")
+            #expect(try await roundTrip("ping two\n") == "ping two\n")
+
+            // A file with a mistake: the error names the key and line, and the running configuration stays.
+            try writeConfiguration(allowedPorts: "\(sshd.port)", ruleKey: "allw")
+            process.signalGroup(SIGHUP)
+            #expect(await process.waitForOutput(containing: "configuration not reloaded", within: 20), "\(process.text)")
+            #expect(process.text.contains("users.alice.allw"), "\(process.text)")
+            let stillDenied = try await run(ssh, jump + ["echo after"], environment: Self.environment)
+            #expect(stillDenied.status == 255 && stillDenied.stderr.contains("Access denied"), "\(stillDenied.stderr)")
+            #expect(try await roundTrip("ping three\n") == "ping three\n")
+        }
+        func forwardCloses() -> (text: String, lines: [[String: Any]]) {
+            let audit = (try? String(contentsOfFile: home.file("audit.jsonl"), encoding: .utf8)) ?? ""
+            let lines = audit.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            return (audit, lines.filter { $0["event"] as? String == "close" && $0["front"] as? String == "forward" })
+        }
+        for _ in 0..<100 where forwardCloses().lines.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        let (audit, closes) = forwardCloses()
+        #expect(closes.count == 1, "\(audit)")
+        #expect(closes.first?["bytes_from_client"] as? Int == 29 && closes.first?["bytes_to_client"] as? Int == 29, "\(audit)")
+        #expect(closes.first?["outcome"] as? String == "ok", "\(audit)")
+        process.signalGroup(SIGTERM)
+        #expect(await process.waitForExit(within: 30) == 0, "\(process.text)")
     }
 }
 

@@ -39,11 +39,11 @@ public final class BackgroundProcess: Sendable {
         return waitpid(self.pid, &status, WNOHANG) == 0
     }
 
-    /// Waits (bounded) until the output contains `needle`.
-    public func waitForOutput(containing needle: String, within seconds: Double) async -> Bool {
+    /// Waits (bounded) until the output contains `needle`, `times` times or more.
+    public func waitForOutput(containing needle: String, times: Int = 1, within seconds: Double) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            if self.text.contains(needle) { return true }
+            if self.text.components(separatedBy: needle).count > times { return true }
             try? await Task.sleep(for: .milliseconds(50))
         }
         return false
