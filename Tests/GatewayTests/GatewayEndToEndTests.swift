@@ -296,6 +296,58 @@ struct GatewayFrontsEndToEndTests {
         #expect(perSession.values.allSatisfy { $0 <= 2 }, "\(perSession)")
     }
 
+    @Test("An agent restart under a pooled session: the open stream gets a clean close, and later connections start a new session and arrive intact")
+    func agentRestartUnderPooledSession() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
+        }
+        defer {
+            gateway.close()
+            Task { await echo.close() }
+        }
+        guard let curl = findExecutable("curl") else { throw ToolMissing(tool: "curl") }
+        let port = gateway.server.bound.forwards[0]
+        let held = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        let emulator = try #require(gateway.server.bound.emulatorURL)
+        let endedInTime = try await held.executeThenClose { inbound, outbound in
+            var replies = inbound.makeAsyncIterator()
+            try await outbound.write(ByteBuffer(string: "x"))
+            #expect(try await replies.next().map { String(buffer: $0) } == "x")
+            let killed = try await run(curl, ["-sS", "-X", "POST", "-d", #"{"restartAfterMs": 1000}"#,
+                                              "\(emulator)/admin/agents/\(GatewayHarness.instance)/kill"], environment: Self.environment)
+            #expect(killed.status == 0 && killed.stdout.contains("restartAfterMs"), "\(killed.stdout)\(killed.stderr)")
+            // The gateway ends the connection whose session died (the client reads its EOF): no
+            // hang. Bounded here: past 30 s the test closes it itself.
+            let watchdog = held.channel.eventLoop.scheduleTask(in: .seconds(30)) { held.channel.close(promise: nil) }
+            defer { watchdog.cancel() }
+            let killedAt = Date()
+            while let extra = try? await replies.next() { #expect(extra.readableBytes == 0, "no bytes after the session died") }
+            return Date().timeIntervalSince(killedAt) < 29
+        }
+        #expect(endedInTime, "the stream on the dead session was not ended within 30 s")
+        let heldClose = try #require(await gateway.closeLines(atLeast: 1).first)
+        #expect(heldClose["outcome"] as? String != "ok", "the record should name what ended it: \(heldClose)")
+
+        // While the agent is away, StartSession fails (TargetNotConnected) and the connection is
+        // refused; once it is back, a connection gets a new session and its bytes arrive intact.
+        var result: EchoResult?
+        let deadline = Date().addingTimeInterval(30)
+        while result == nil, Date() < deadline {
+            result = try? await echoThrough(port: port, bytes: 1 << 20, seed: 7)
+            if result == nil { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        let echoed = try #require(result, "no connection succeeded within 30 s of the agent's restart")
+        #expect(echoed.received == echoed.sent && echoed.receivedSHA256 == echoed.sentSHA256)
+        let closes = await gateway.closeLines(atLeast: 2)
+        let last = try #require(closes.last)
+        #expect(last["outcome"] as? String == "ok" && last["bytes_to_client"] as? Int == 1 << 20, "\(last)")
+        #expect(last["session_id"] as? String != heldClose["session_id"] as? String, "\(closes)")
+    }
+
     @Test("psql runs queries through a static forward and through AWS-StartPortForwardingSessionToRemoteHost")
     func psqlThroughForwards() async throws {
         let postgres = try await PostgresServer.start()
