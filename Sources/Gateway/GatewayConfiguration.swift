@@ -61,6 +61,19 @@ public struct GatewayConfiguration: Sendable {
 
     public init() {}
 
+    /// Valid but probably not meant: printed at start and on reload. A forward's clients run as
+    /// "anonymous" and only see a reset when refused, so a forward nobody may use is said here.
+    public var warnings: [String] {
+        guard !self.forwards.isEmpty, !self.users.contains(where: { $0.name == "anonymous" || $0.name == "*" }) else { return [] }
+        return self.forwards.map { forward in
+            let destination = "\(forward.remoteHost ?? forward.target):\(forward.port)"
+            let pattern = forward.remoteHost.map { "host:\($0)" } ?? forward.target
+            return "forward \(forward.listen.host):\(forward.listen.port) → \(destination): its connections run as user 'anonymous', "
+                + "which has no rules, so every one will be refused; add under users: "
+                + "anonymous: {allow: [{targets: [\"\(pattern)\"], ports: [\(forward.port)]}]}"
+        }
+    }
+
     /// `SSMGATE_DAEMON_SOCKET`, else `$XDG_RUNTIME_DIR/ssmgate.sock`, else `~/.ssmgate/daemon.sock`.
     public static func defaultDaemonSocket(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let explicit = environment["SSMGATE_DAEMON_SOCKET"], !explicit.isEmpty { return explicit }

@@ -116,6 +116,7 @@ struct ServeCommand: AsyncParsableCommand {
         if configuration.users.allSatisfy({ $0.keys.isEmpty }), configuration.ssh != nil {
             Console.error("note: no SSH user keys are configured (none in ~/.ssh/authorized_keys or ~/.ssh/*.pub); create one with ssh-keygen -t ed25519\n")
         }
+        for warning in configuration.warnings { Console.error("note: \(warning)\n") }
         print(server.banner())
         fflush(nil)
         let stop = AsyncStream<Void>.makeStream()
@@ -123,7 +124,9 @@ struct ServeCommand: AsyncParsableCommand {
         // only what the file changed differs; without a file this re-reads the user's own keys.
         let reloads = SignalRelay(signals: [SIGHUP]) {
             do {
-                server.reload(try self.loadConfiguration())
+                let fresh = try self.loadConfiguration()
+                for warning in fresh.warnings { Console.error("note: \(warning)\n") }
+                server.reload(fresh)
             } catch {
                 Console.error("ssmgate: configuration not reloaded, the running one stays: \(error)\n")
             }

@@ -42,6 +42,24 @@ struct GatewayUnitTests {
         #expect(alice.rules == [AccessRule(targets: ["name:web-*"], ports: [22...22, 8000...8100])])
     }
 
+    @Test("A forward that no rule lets anyone use is pointed out, with the rule to add")
+    func warnsOfForwardsNobodyMayUse() throws {
+        let forwards = """
+            forwards:
+              - {listen: "127.0.0.1:15432", target: web, remote_host: db.rds.amazonaws.com, port: 5432}
+            """
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2bnMbhlnMPv3S8PlPxXNcObZrF8oYQzdJ8VLm3QkF8 alice@laptop"
+        let onlyAlice = try GatewayConfiguration.parse(yaml: forwards + "\nusers:\n  alice:\n    keys: [\"\(key)\"]", file: "gw.yaml")
+        #expect(onlyAlice.warnings == [
+            "forward 127.0.0.1:15432 → db.rds.amazonaws.com:5432: its connections run as user 'anonymous', which has no rules, so every one will be refused; "
+                + "add under users: anonymous: {allow: [{targets: [\"host:db.rds.amazonaws.com\"], ports: [5432]}]}",
+        ])
+        let withAnonymous = try GatewayConfiguration.parse(
+            yaml: forwards + "\nusers:\n  anonymous:\n    allow: [{targets: [\"host:db.rds.amazonaws.com\"], ports: [5432]}]", file: "gw.yaml")
+        #expect(withAnonymous.warnings.isEmpty)
+        #expect(try GatewayConfiguration.parse(yaml: "users:\n  alice:\n    keys: [\"\(key)\"]", file: "gw.yaml").warnings.isEmpty)
+    }
+
     @Test("Bad configuration names the file, line and key, and says what was expected", arguments: [
         ("listen: {ssh: nowhere}", "gw.yaml:1", "listen.ssh"),
         ("pool:\n  sessions_per_rout: 3", "gw.yaml:2", "pool.sessions_per_rout"),
