@@ -86,7 +86,10 @@ public final class GatewayServer: Sendable {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let metrics = GatewayMetrics()
         let audit = try AuditLog(path: configuration.auditLog)
-        let router = Router(configuration: Self.routerConfiguration(configuration), directory: InstanceDirectory(ssm: context.ssm, ec2: context.ec2))
+        let directory = InstanceDirectory(ssm: context.ssm, ec2: context.ec2)
+        // The first client should not wait for DescribeInstanceInformation / DescribeInstances.
+        Task { await directory.prefetch() }
+        let router = Router(configuration: Self.routerConfiguration(configuration), directory: directory)
         var pool = configuration.pool
         pool.idleTimeout = min(pool.idleTimeout, configuration.sessionIdleTimeout - .seconds(30))
         let users = UserDirectory(users: configuration.users)

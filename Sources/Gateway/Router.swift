@@ -157,7 +157,9 @@ public final class Router: Sendable {
 }
 
 /// Cached answers of DescribeInstanceInformation (ping status, agent version, on-premises names)
-/// and DescribeInstances (tags): one refresh for all callers, at most once per TTL.
+/// and DescribeInstances (tags): one refresh for all callers, at most once per TTL. Only the first
+/// lookup waits for AWS: past the TTL the last answer is used while one refresh runs behind it, so
+/// a slow or unreachable EC2 API (a VPC with only the SSM endpoints) never stalls a connection twice.
 public actor InstanceDirectory {
     struct Snapshot {
         var nodes: [String: TargetInfo]
@@ -170,6 +172,8 @@ public actor InstanceDirectory {
     var refreshing: Task<Snapshot, any Error>?
     /// Why the last EC2 lookup failed (the gateway still works by id and SSM names without it).
     public private(set) var lastEC2Failure: String?
+    /// Lookups of AWS started so far (each is one DescribeInstanceInformation and one DescribeInstances).
+    public private(set) var refreshes = 0
 
     public init(ssm: SSMClient?, ec2: EC2Client?) {
         self.ssm = ssm
@@ -188,15 +192,31 @@ public actor InstanceDirectory {
         try await self.current(ttl: ttl).nodes.values.sorted { $0.id < $1.id }
     }
 
+    /// Starts the first lookup without waiting for it (the gateway does this when it starts).
+    public func prefetch() {
+        _ = self.startRefresh()
+    }
+
     func current(ttl: TimeAmount) async throws -> Snapshot {
-        if let snapshot, snapshot.fetched + ttl > .now() { return snapshot }
-        if let refreshing { return try await refreshing.value }
-        let task = Task { try await self.fetch() }
+        if let snapshot {
+            if snapshot.fetched + ttl <= .now() { _ = self.startRefresh() }
+            return snapshot
+        }
+        return try await self.startRefresh().value
+    }
+
+    /// The running refresh, or a new one; its result replaces the snapshot (a failed one keeps the old).
+    private func startRefresh() -> Task<Snapshot, any Error> {
+        if let refreshing { return refreshing }
+        self.refreshes += 1
+        let task = Task {
+            defer { self.refreshing = nil }
+            let fresh = try await self.fetch()
+            self.snapshot = fresh
+            return fresh
+        }
         self.refreshing = task
-        defer { self.refreshing = nil }
-        let fresh = try await task.value
-        self.snapshot = fresh
-        return fresh
+        return task
     }
 
     func fetch() async throws -> Snapshot {

@@ -42,6 +42,31 @@ struct GatewayUnitTests {
         #expect(alice.rules == [AccessRule(targets: ["name:web-*"], ports: [22...22, 8000...8100])])
     }
 
+    @Test("The instance directory asks AWS once per TTL; past it the last answer serves while one refresh runs behind")
+    func directoryRefreshesBehindStaleAnswers() async throws {
+        try await withEmulator { emulator in
+            let context = try AWSContext(profile: nil, region: nil, endpointURL: nil, environment: [
+                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_ENDPOINT_URL": emulator.server.endpointURL, "HOME": NSTemporaryDirectory(),
+            ])
+            let directory = InstanceDirectory(ssm: context.ssm, ec2: context.ec2)
+            let ttl = TimeAmount.milliseconds(300)
+            let first = try await directory.node(id: LocalSSMConfiguration.defaultInstanceID, ttl: ttl)
+            #expect(first?.pingStatus == "Online" && first?.name == "local" && first?.tags["Name"] == "local", "\(String(describing: first))")
+            #expect(await directory.lastEC2Failure == nil)
+            _ = try await directory.nodes(named: "local", ttl: ttl)
+            #expect(await directory.refreshes == 1, "within the TTL the cached answer serves")
+            try await Task.sleep(for: .milliseconds(400))
+            // Past the TTL: the answer comes at once from the last snapshot, and one refresh starts.
+            let stale = try await directory.node(id: LocalSSMConfiguration.defaultInstanceID, ttl: ttl)
+            _ = try await directory.allNodes(ttl: ttl)
+            #expect(stale == first)
+            #expect(await directory.refreshes == 2, "one refresh for every caller past the TTL")
+            await context.shutdown()
+        }
+    }
+
     @Test("A forward that no rule lets anyone use is pointed out, with the rule to add")
     func warnsOfForwardsNobodyMayUse() throws {
         let forwards = """
