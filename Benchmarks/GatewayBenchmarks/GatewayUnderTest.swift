@@ -72,6 +72,8 @@ final class GatewayUnderTest: Sendable {
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
             "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true",
             "HOME": NSTemporaryDirectory(),
+            // Every service at the emulator, EC2 (Name tags) included: `endpointURL` alone is SSM's.
+            "AWS_ENDPOINT_URL": emulatorURL,
         ]
         if unlimitedClientRate {
             // The data channel's own pacing (900 messages/s, kept under the service's limit) off:
