@@ -109,28 +109,45 @@ public final class SSHServer: Sendable {
         try FileManager.default.copyItem(atPath: directory.file("user_key.pub"), toPath: directory.file("authorized_keys"))
         // Privilege separation needs this directory when sshd runs as root.
         if getuid() == 0 { try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true) }
-        let port = try await freePort()
-        let config = """
-            Port \(port)
-            ListenAddress 127.0.0.1
-            HostKey \(directory.file("host_key"))
-            AuthorizedKeysFile \(directory.file("authorized_keys"))
-            PidFile \(directory.file("sshd.pid"))
-            StrictModes no
-            UsePAM no
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PermitRootLogin prohibit-password
-            Subsystem sftp internal-sftp
-            """
-        try config.write(toFile: directory.file("sshd_config"), atomically: true, encoding: .utf8)
-        let process = try SpawnedDaemon(sshd, ["-D", "-e", "-f", directory.file("sshd_config")], logFile: directory.file("sshd.log"))
-        let server = SSHServer(directory: directory, port: port, process: process, userKey: directory.file("user_key"), user: NSUserName())
-        guard await waitForPort(port, within: 10) else {
-            server.stop()
-            throw ToolMissing(tool: "a working sshd (log: \((try? String(contentsOfFile: directory.file("sshd.log"), encoding: .utf8)) ?? ""))")
+        // freePort() closes its probe socket, so another test may take the port before sshd binds it;
+        // then sshd exits ("Address already in use") while the port answers for someone else.
+        // sshd's own "Server listening" line is the proof, and a taken port means another try.
+        var lastLog = ""
+        for _ in 0..<5 {
+            let port = try await freePort()
+            let config = """
+                Port \(port)
+                ListenAddress 127.0.0.1
+                HostKey \(directory.file("host_key"))
+                AuthorizedKeysFile \(directory.file("authorized_keys"))
+                PidFile \(directory.file("sshd.pid"))
+                StrictModes no
+                UsePAM no
+                PasswordAuthentication no
+                KbdInteractiveAuthentication no
+                PermitRootLogin prohibit-password
+                Subsystem sftp internal-sftp
+                """
+            try config.write(toFile: directory.file("sshd_config"), atomically: true, encoding: .utf8)
+            let logFile = directory.file("sshd.log")
+            try? FileManager.default.removeItem(atPath: logFile)
+            let process = try SpawnedDaemon(sshd, ["-D", "-e", "-f", directory.file("sshd_config")], logFile: logFile)
+            let deadline = Date().addingTimeInterval(10)
+            var exited = false
+            while Date() < deadline {
+                lastLog = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+                if lastLog.contains("Server listening on 127.0.0.1 port \(port).") {
+                    return SSHServer(directory: directory, port: port, process: process, userKey: directory.file("user_key"), user: NSUserName())
+                }
+                if process.hasExited() {
+                    exited = true
+                    break
+                }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            if !exited { process.stop() }
         }
-        return server
+        throw ToolMissing(tool: "a working sshd (log: \(lastLog))")
     }
 
     public init(directory: ScratchDirectory, port: Int, process: SpawnedDaemon, userKey: String, user: String) {

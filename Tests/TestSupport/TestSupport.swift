@@ -168,6 +168,12 @@ public final class SpawnedDaemon: Sendable {
         self.pid = pid
     }
 
+    /// Whether it has ended; reaps it if so (then `stop()` is not needed).
+    public func hasExited() -> Bool {
+        var status: Int32 = 0
+        return waitpid(self.pid, &status, WNOHANG) == self.pid
+    }
+
     /// SIGTERM, then reaps it (SIGKILL after two seconds).
     public func stop() {
         kill(self.pid, SIGTERM)
