@@ -44,18 +44,23 @@ final class PostgresServer: Sendable {
             directory.remove()
             throw ToolMissing(tool: "a working initdb (\(made.stderr))")
         }
-        let port = try await freePort()
-        let (postgres, arguments) = command("postgres", [
-            "-D", data, "-p", String(port), "-k", directory.path, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-        ])
-        let process = try SpawnedDaemon(postgres, arguments, logFile: directory.file("postgres.log"))
-        let server = PostgresServer(directory: directory, port: port, process: process)
-        guard await waitForPort(port, within: 30) else {
-            let log = (try? String(contentsOfFile: directory.file("postgres.log"), encoding: .utf8)) ?? ""
-            server.stop()
-            throw ToolMissing(tool: "a working postgres (log: \(log))")
+        // Ready only when postgres says so (a port taken by a parallel test after freePort() makes
+        // it exit instead: then another port).
+        let logFile = directory.file("postgres.log")
+        for _ in 0..<5 {
+            let port = try await freePort()
+            let (postgres, arguments) = command("postgres", [
+                "-D", data, "-p", String(port), "-k", directory.path, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            ])
+            try? FileManager.default.removeItem(atPath: logFile)
+            let process = try SpawnedDaemon(postgres, arguments, logFile: logFile)
+            if await process.waitForLogLine("database system is ready to accept connections", in: logFile, within: 30) {
+                return PostgresServer(directory: directory, port: port, process: process)
+            }
         }
-        return server
+        let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+        directory.remove()
+        throw ToolMissing(tool: "a working postgres (log: \(log))")
     }
 
     init(directory: ScratchDirectory, port: Int, process: SpawnedDaemon) {

@@ -132,20 +132,10 @@ public final class SSHServer: Sendable {
             let logFile = directory.file("sshd.log")
             try? FileManager.default.removeItem(atPath: logFile)
             let process = try SpawnedDaemon(sshd, ["-D", "-e", "-f", directory.file("sshd_config")], logFile: logFile)
-            let deadline = Date().addingTimeInterval(10)
-            var exited = false
-            while Date() < deadline {
-                lastLog = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
-                if lastLog.contains("Server listening on 127.0.0.1 port \(port).") {
-                    return SSHServer(directory: directory, port: port, process: process, userKey: directory.file("user_key"), user: NSUserName())
-                }
-                if process.hasExited() {
-                    exited = true
-                    break
-                }
-                try? await Task.sleep(for: .milliseconds(50))
+            if await process.waitForLogLine("Server listening on 127.0.0.1 port \(port).", in: logFile, within: 10) {
+                return SSHServer(directory: directory, port: port, process: process, userKey: directory.file("user_key"), user: NSUserName())
             }
-            if !exited { process.stop() }
+            lastLog = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
         }
         throw ToolMissing(tool: "a working sshd (log: \(lastLog))")
     }

@@ -174,6 +174,20 @@ public final class SpawnedDaemon: Sendable {
         return waitpid(self.pid, &status, WNOHANG) == self.pid
     }
 
+    /// Waits (bounded) for `line` in `logFile`: true once it is there. A daemon that exits first
+    /// (a port taken between freePort() and its bind) is reaped, one that stays silent is stopped;
+    /// both return false, and the caller tries another port.
+    public func waitForLogLine(_ line: String, in logFile: String, within seconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if ((try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "").contains(line) { return true }
+            if self.hasExited() { return false }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        self.stop()
+        return false
+    }
+
     /// SIGTERM, then reaps it (SIGKILL after two seconds).
     public func stop() {
         kill(self.pid, SIGTERM)
