@@ -1,6 +1,7 @@
 import Foundation
 import Gateway
 import LocalSSM
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import TestSupport
@@ -298,10 +299,7 @@ struct GatewayFrontsEndToEndTests {
 
     @Test("An agent restart under a pooled session: the open stream gets a clean close, and later connections start a new session and arrive intact")
     func agentRestartUnderPooledSession() async throws {
-        let echo = try await EchoServer()
-        let gateway = try await GatewayHarness.start { configuration, _ in
-            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
-        }
+        let (gateway, echo) = try await echoForwardGateway()
         defer {
             gateway.close()
             Task { await echo.close() }
@@ -346,6 +344,45 @@ struct GatewayFrontsEndToEndTests {
         let last = try #require(closes.last)
         #expect(last["outcome"] as? String == "ok" && last["bytes_to_client"] as? Int == 1 << 20, "\(last)")
         #expect(last["session_id"] as? String != heldClose["session_id"] as? String, "\(closes)")
+    }
+
+    // Known bug, not found yet: in about 1 of 5 runs the echo never completes after the drop (the
+    // run hangs until killed). Kept as the reproduction: enable it and run it alone in a loop.
+    @Test(
+        "The service drops a pooled session's WebSocket mid-transfer: the Pool's channel resumes it and 16 MiB echo intact on the same session",
+        .disabled("hangs in about 1 of 5 runs after the drop; see the comment above"), .timeLimit(.minutes(2)))
+    func pooledSessionResumesAfterWebSocketDrop() async throws {
+        let (gateway, echo) = try await echoForwardGateway()
+        defer {
+            gateway.close()
+            Task { await echo.close() }
+        }
+        guard let curl = findExecutable("curl") else { throw ToolMissing(tool: "curl") }
+        let emulator = try #require(gateway.server.bound.emulatorURL)
+        let port = gateway.server.bound.forwards[0]
+        let dropped = NIOLockedValueBox<CommandResult?>(nil)
+        let transfer = Task {
+            try await echoThrough(port: port, bytes: 16 << 20, seed: 11) { received in
+                // Once, a quarter of the way in: the client side of the session's WebSocket goes.
+                guard received > 4 << 20, dropped.withLockedValue({ $0 == nil }) else { return }
+                dropped.withLockedValue { $0 = CommandResult(status: -1, stdout: "", stderr: "") }
+                Thread.detachNewThread {  // off the client's event loop
+                    let session = gateway.auditLines().first { $0["event"] as? String == "open" }?["session_id"] as? String ?? "?"
+                    let result = try? runBlocking(curl, ["-sS", "-X", "POST", "-d", #"{"side": "client"}"#, "\(emulator)/admin/sessions/\(session)/drop"],
+                                                  environment: Self.environment)
+                    dropped.withLockedValue { $0 = result ?? CommandResult(status: -2, stdout: "", stderr: "curl did not run") }
+                }
+            }
+        }
+        let result = try await transfer.value
+        #expect(result.received == 16 << 20 && result.receivedSHA256 == result.sentSHA256)
+        for _ in 0..<100 where dropped.withLockedValue({ $0?.status ?? -1 }) == -1 { try await Task.sleep(for: .milliseconds(100)) }
+        let drop = try #require(dropped.withLockedValue { $0 })
+        #expect(drop.status == 0 && !drop.stdout.contains("Exception"), "\(drop.stdout)\(drop.stderr)")
+        let closes = await gateway.closeLines(atLeast: 1)
+        #expect(closes.first?["outcome"] as? String == "ok" && closes.first?["bytes_to_client"] as? Int == 16 << 20, "\(closes)")
+        let metrics = try await gateway.metricsText()
+        #expect(GatewayHarness.metric(metrics, "ssmgate_sessions_started_total") == 1, "the stream stayed on its session: \(metrics)")
     }
 
     @Test("psql runs queries through a static forward and through AWS-StartPortForwardingSessionToRemoteHost")
@@ -442,6 +479,20 @@ struct GatewayFrontsEndToEndTests {
         process.signalGroup(SIGTERM)
         let status = await process.waitForExit(within: 30)
         #expect(status == 0, "\(process.text)")
+    }
+}
+
+/// The harness with one static forward (its `bound.forwards[0]`) to a local echo server.
+func echoForwardGateway() async throws -> (GatewayHarness, EchoServer) {
+    let echo = try await EchoServer()
+    do {
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
+        }
+        return (gateway, echo)
+    } catch {
+        await echo.close()
+        throw error
     }
 }
 
