@@ -211,9 +211,9 @@ final class SessionPool {
             case .success(let source):
                 do {
                     let channel = try source.makeChannel(loop)
-                    let waiter = StartWaiter(channel: channel)
+                    let waiter = SessionStartWaiter(channel: channel)
                     channel.connect().whenFailure { _ in }  // failures arrive through the delegate
-                    waiter.promise.futureResult.assumeIsolated().whenComplete { outcome in
+                    waiter.started.assumeIsolated().whenComplete { outcome in
                         self.channelStarted(outcome.map { (channel, $0, source.sessionID) }, route: route, state: state, user: user, began: began)
                     }
                 } catch {
@@ -445,35 +445,5 @@ final class SessionPool {
             }
         }
         return StreamOpenError(.sessionFailed, "Cannot start a session to \(route): \(error)")
-    }
-}
-
-/// Waits for the handshake of a new data channel, then hands it over.
-final class StartWaiter: DataChannelDelegate {
-    let promise: EventLoopPromise<StartedSession>
-    var done = false
-
-    init(channel: DataChannel) {
-        self.promise = channel.eventLoop.makePromise()
-        channel.delegate = self
-        // The channel holds its delegate weakly: keep this waiter alive until the outcome is known.
-        let retained = self
-        self.promise.futureResult.assumeIsolated().whenComplete { _ in _ = retained }
-    }
-
-    func dataChannel(_ channel: DataChannel, didStart session: StartedSession) {
-        guard !self.done else { return }
-        self.done = true
-        self.promise.succeed(session)
-    }
-
-    func dataChannelCanAcceptOutput(_ channel: DataChannel) -> Bool { false }
-    func dataChannel(_ channel: DataChannel, didReceive payload: ByteBuffer, type: PayloadType) {}
-    func dataChannelDidBecomeWritable(_ channel: DataChannel) {}
-
-    func dataChannel(_ channel: DataChannel, didCloseWith error: DataChannelError?) {
-        guard !self.done else { return }
-        self.done = true
-        self.promise.fail(error ?? DataChannelError.closed)
     }
 }

@@ -32,6 +32,12 @@ public final class MuxConnection: DataChannelDelegate {
     var keepAliveTask: Scheduled<Void>?
     var closed = false
     var events: [SmuxEvent] = []
+    /// Streams inside `write` (nested when one peer's notification makes another write). A stream
+    /// that drains while its own write is still running hears `muxStreamWritable` on the next tick:
+    /// its peer has not yet kept the bytes the write did not take, and a notification now would
+    /// find nothing waiting and be lost, or send what is waiting twice.
+    var streamsInWrite: [SmuxStreamID] = []
+    var deferredWritable: Set<SmuxStreamID> = []
     /// Called once when the session ends, with the reason (nil: closed by us).
     public var onClose: ((DataChannelError?) -> Void)?
     /// Called with user-facing notices (ConnectToPortError, customer messages).
@@ -69,7 +75,15 @@ public final class MuxConnection: DataChannelDelegate {
     public func write(_ data: ByteBuffer, to id: SmuxStreamID) -> Int {
         switch self.smux.write(data, to: id) {
         case .accepted(let count):
+            self.streamsInWrite.append(id)
             self.pump()
+            self.streamsInWrite.removeLast()
+            if !self.streamsInWrite.contains(id), self.deferredWritable.remove(id) != nil {
+                self.channel.eventLoop.assumeIsolated().execute {
+                    guard !self.closed else { return }
+                    self.peers[id]?.muxStreamWritable()
+                }
+            }
             return count
         case .streamClosed, .unknownStream, .sessionFailed:
             return data.readableBytes
@@ -112,7 +126,13 @@ public final class MuxConnection: DataChannelDelegate {
             self.channel.send(payload, type: .output)
         }
         if self.smux.hasPendingOutbound, !self.channel.isWritable { self.channel.requestWritabilityNotification() }
-        for id in self.smux.drainWritableStreams() { self.peers[id]?.muxStreamWritable() }
+        for id in self.smux.drainWritableStreams() {
+            if self.streamsInWrite.contains(id) {
+                self.deferredWritable.insert(id)
+            } else {
+                self.peers[id]?.muxStreamWritable()
+            }
+        }
         for finished in self.smux.drainFinishedStreams() { self.peers[finished.id] = nil }
     }
 
