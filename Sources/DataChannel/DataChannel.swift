@@ -99,6 +99,10 @@ public final class DataChannel {
     var rateWakeTask: Scheduled<Void>?
     var pingTask: RepeatedTask?
     var lastAcknowledgementProgress: UInt64 = 0
+    /// A gap in what the agent sent, watched until the sequence number above it is delivered.
+    var lossWatch: (above: Int64, task: Scheduled<Void>)?
+    /// When the message we wait for last arrived but the consumer was not ready: not lost, held back.
+    var expectedRefusedAt: UInt64 = 0
     var openPromise: EventLoopPromise<Void>?
     let allocator = ByteBufferAllocator()
     /// Message ids: one system random call per channel, not one per message.
@@ -379,6 +383,8 @@ public final class DataChannel {
         self.retransmitTask?.cancel()
         self.rateWakeTask?.cancel()
         self.pingTask?.cancel()
+        self.lossWatch?.task.cancel()
+        self.lossWatch = nil
         self.socket?.close(promise: nil)
         self.socket = nil
         if let promise = self.openPromise {
@@ -518,7 +524,11 @@ public final class DataChannel {
         default:
             ready = true
         }
+        if !ready, message.sequenceNumber == self.reliable.expectedIncomingSequence {
+            self.expectedRefusedAt = Self.monotonicNow()
+        }
         let reception = self.reliable.receive(message, ready: ready)
+        if self.lossWatch == nil, self.reliable.bufferedIncomingCount > 0 { self.watchForLoss() }
         if let ack = reception.acknowledgement {
             self.write(ack.frame(messageID: .random(using: &self.random), createdDate: Self.wallClockMilliseconds(), allocator: self.allocator), control: true)
         }
@@ -527,6 +537,36 @@ public final class DataChannel {
             self.process(delivered)
             if case .closed = self.state { return }
         }
+    }
+
+    /// Messages arrived beyond a gap: the ones missing must be resent within `lossRecoveryTimeout`.
+    /// One timer per gap, not per message; reordering and single losses close it within a round trip.
+    func watchForLoss() {
+        guard let above = self.reliable.highestBufferedIncomingSequence else { return }
+        let task = self.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.lossRecoveryTimeout) {
+            self.lossWatchExpired()
+        }
+        self.lossWatch = (above, task)
+    }
+
+    func lossWatchExpired() {
+        guard let watch = self.lossWatch else { return }
+        self.lossWatch = nil
+        if case .closed = self.state { return }
+        let timeout = self.configuration.lossRecoveryTimeout
+        let now = Self.monotonicNow()
+        let heldBack = now - min(self.expectedRefusedAt, now) < UInt64(timeout.nanoseconds)
+        // Recovered, only held back by our own consumer (backpressure, not loss), or away (the
+        // agent's resends need the new socket): watch whatever gap is open now.
+        var reconnecting = false
+        if case .reconnecting = self.state { reconnecting = true }
+        if self.reliable.expectedIncomingSequence > watch.above || heldBack || reconnecting {
+            if self.reliable.bufferedIncomingCount > 0 { self.watchForLoss() }
+            return
+        }
+        let highest = self.reliable.highestBufferedIncomingSequence ?? watch.above
+        let missing = Int(highest - self.reliable.expectedIncomingSequence + 1) - self.reliable.bufferedIncomingCount
+        self.fail(.lostMessagesNotResent(missing: max(missing, 1), seconds: max(Int(timeout.nanoseconds / 1_000_000_000), 1)))
     }
 
     /// Acknowledgements go out even while paused: the pause is about our data.

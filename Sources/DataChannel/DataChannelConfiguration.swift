@@ -28,6 +28,11 @@ public struct DataChannelConfiguration: Sendable, Hashable {
     public var acknowledgementTimeout: TimeAmount
     /// Out-of-order messages kept while a gap fills.
     public var incomingCapacity: Int
+    /// How long messages lost in transit (a gap below messages that did arrive) may take to be
+    /// resent before the channel gives up. The agent resends only its oldest unacknowledged
+    /// message, one per round-trip timeout, so a WebSocket drop that lost hundreds of messages
+    /// would otherwise crawl for minutes with every stream on the channel frozen.
+    public var lossRecoveryTimeout: TimeAmount
     public var connectTimeout: TimeAmount
     /// Largest WebSocket frame accepted from the service.
     public var maximumFrameSize: Int
@@ -44,6 +49,7 @@ public struct DataChannelConfiguration: Sendable, Hashable {
         pingInterval: TimeAmount = .minutes(5),
         acknowledgementTimeout: TimeAmount = .minutes(5),
         incomingCapacity: Int = 10_000,
+        lossRecoveryTimeout: TimeAmount = .seconds(30),
         connectTimeout: TimeAmount = .seconds(15),
         maximumFrameSize: Int = 1 << 20
     ) {
@@ -58,6 +64,7 @@ public struct DataChannelConfiguration: Sendable, Hashable {
         self.pingInterval = pingInterval
         self.acknowledgementTimeout = acknowledgementTimeout
         self.incomingCapacity = incomingCapacity
+        self.lossRecoveryTimeout = lossRecoveryTimeout
         self.connectTimeout = connectTimeout
         self.maximumFrameSize = maximumFrameSize
     }

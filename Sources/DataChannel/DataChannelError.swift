@@ -10,6 +10,8 @@ public enum DataChannelError: Error, Sendable, Hashable, CustomStringConvertible
     case sessionTimedOut(sessionID: String)
     /// The agent stopped acknowledging what we send.
     case agentUnresponsive(seconds: Int)
+    /// Messages from the agent were lost in transit and not resent in time.
+    case lostMessagesNotResent(missing: Int, seconds: Int)
     /// The agent asked for something this client cannot do.
     case handshakeFailed(String)
     /// The session was closed by the service or the agent (`channel_closed`).
@@ -30,6 +32,8 @@ public enum DataChannelError: Error, Sendable, Hashable, CustomStringConvertible
             "Session \(sessionID) timed out: the service no longer resumes it (idle timeout or terminated)."
         case .agentUnresponsive(let seconds):
             "The agent acknowledged nothing for \(seconds) s; the session was ended. Check the SSM agent on the target."
+        case .lostMessagesNotResent(let missing, let seconds):
+            "\(missing) messages from the agent were lost in transit (a dropped WebSocket?) and not resent within \(seconds) s; the session was ended. Reconnect to get a new session."
         case .handshakeFailed(let why):
             "Session handshake failed: \(why)."
         case .closedByService(let output):

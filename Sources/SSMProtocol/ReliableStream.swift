@@ -57,6 +57,8 @@ public struct ReliableStream: Sendable {
     public var unacknowledgedCount: Int { self.outgoing.count }
     public var canSend: Bool { self.outgoing.count < self.configuration.outgoingCapacity }
     public var bufferedIncomingCount: Int { self.incoming.count }
+    /// The newest out-of-order message held, if any: a gap below it waits for the sender's resends.
+    public var highestBufferedIncomingSequence: Int64? { self.incoming.keys.max() }
 
     // MARK: Sending
 

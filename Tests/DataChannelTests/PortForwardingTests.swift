@@ -113,6 +113,36 @@ struct PortForwardingTests {
         }
     }
 
+    @Test(
+        "Messages the agent does not resend in time end the channel with a reason, and its connections close instead of hanging",
+        .timeLimit(.minutes(1)))
+    func unrecoveredLossEndsTheChannel() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        // Only frames to the client are lost; the agent resends one per round-trip timeout (at
+        // least 10 ms), far slower than the 1 ms this client allows, so the first gap ends it.
+        var spec = FaultSpec()
+        spec.dropRate = 0.05
+        spec.direction = .toClient
+        let emulatorConfiguration = LocalSSMConfiguration(listenPort: 0, limits: .unlimited, faults: FaultConfiguration(seed: 3, global: spec))
+        try await withEmulator(emulatorConfiguration) { emulator in
+            let session = try await startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)", "localPortNumber": "0"])
+            let configuration = DataChannelConfiguration(messagesPerSecond: nil, lossRecoveryTimeout: .milliseconds(1))
+            let handle = try await ForwarderHandle.open(session, emulator: emulator, configuration: configuration, notices: NoticeLog())
+            let total = 4 << 20
+            let result = try? await echoThrough(port: handle.port, bytes: total, seed: 8)
+            #expect((result?.received ?? 0) < total, "the echo cannot complete once the channel ended")
+            let ended = try await handle.ended.get()
+            guard case .lostMessagesNotResent(let missing, _)? = ended else {
+                Issue.record("ended with \(String(describing: ended))")
+                return
+            }
+            #expect(missing >= 1)
+            #expect(ended!.description.contains("lost in transit") && ended!.description.contains("Reconnect"))
+        }
+    }
+
     @Test("An agent too old for mux gets basic mode: connections take turns over the one byte stream")
     func basicModeWithOldAgent() async throws {
         let echo = try await EchoServer()
