@@ -13,7 +13,7 @@ import Yams
 /// | `DELETE /admin/faults` | no faults |
 /// | `PUT`/`DELETE /admin/faults/global` | the global spec |
 /// | `PUT`/`DELETE /admin/faults/sessions/<id>` | one session's spec |
-/// | `GET /admin/sessions/<id>` | the session's frame-fault counters |
+/// | `GET /admin/sessions/<id>` | owner, WebSocket connections per side, frame-fault counters |
 /// | `POST /admin/sessions/<id>/drop` `{"side":"client"}` | closes that side's WebSocket now |
 /// | `POST /admin/agents/<instance>/kill` `{"restartAfterMs":1000}` | kills the agent; restarts it after the delay if given |
 struct AdminAPI {
@@ -58,6 +58,11 @@ struct AdminAPI {
                 if let session {
                     fields.append(("Owner", .string(session.owner)))
                     fields.append(("SourceIdentity", session.sourceIdentity.map(JSONValue.string) ?? .null))
+                }
+                if let relay {
+                    // Each side's WebSockets for the session so far: more than one means it reconnected.
+                    let attaches = relay.attachCounts
+                    fields += [("ClientConnections", .integer(attaches.client)), ("AgentConnections", .integer(attaches.agent))]
                 }
                 if let counts = relay?.faultCounts {
                     fields += [

@@ -341,8 +341,21 @@ final class SessionRelay: Sendable {
                 return state.agent.channel
             }
         }
-        channel?.close(promise: nil)
+        if let channel { Self.closeGracefully(channel) }
         return channel != nil
+    }
+
+    /// The service ending a WebSocket (lifetime, a drop fault, the admin endpoint): what it already
+    /// wrote still reaches the peer, then FIN; the peer's own close (or 2 s) ends the socket.
+    /// Closing at once would discard frames still queued in the socket and reset it, and the agent
+    /// resends lost messages only one per round-trip timeout: a drop at full speed would stall
+    /// the session for minutes. Loss is what the frame-drop faults are for.
+    static func closeGracefully(_ channel: any Channel) {
+        // Writes complete in order: once this ping is written, so is everything before it.
+        channel.writeAndFlush(WebSocketMessage.ping(ByteBuffer(string: "closing"))).whenComplete { _ in
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+            channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        }
     }
 
     func detach(_ role: SessionRegistry.Role, channel: any Channel) {
@@ -693,8 +706,8 @@ final class SessionRelay: Sendable {
             }
             return .none
         }
-        // As a network failure would: no `channel_closed`; the side reconnects (ResumeSession for a client).
-        for channel in closing { channel.close(promise: nil) }
+        // No `channel_closed`: the side reconnects (ResumeSession for a client).
+        for channel in closing { Self.closeGracefully(channel) }
         return outcome
     }
 
