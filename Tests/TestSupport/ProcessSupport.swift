@@ -71,7 +71,24 @@ public func fileSize(_ path: String) -> Int {
 }
 
 /// A port nobody listens on right now (bound, then released).
+/// A loopback port for a process the test starts, which binds it itself.
+///
+/// Chosen at random below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default), where neither outgoing connections nor other tests' port-0 listeners get their ports:
+/// a port taken from that range could be handed to a parallel test between this check and the
+/// process's bind. Falls back to a kernel-chosen port if none of the tries is free.
 public func freePort() async throws -> Int {
+    let lowestEphemeral = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+        .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
+    if lowestEphemeral > 12000 {
+        for _ in 0..<32 {
+            let candidate = Int.random(in: 10000..<lowestEphemeral)
+            if let socket = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: candidate).get() {
+                try await socket.close()
+                return candidate
+            }
+        }
+    }
     let socket = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
     let port = socket.localAddress!.port!
     try await socket.close()
