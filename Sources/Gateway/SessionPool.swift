@@ -341,6 +341,7 @@ final class SessionPool {
         let linger = self.settings.linger
         self.dedicatedCount += 1
         self.metrics.sessionStarting()
+        let began = NIODeadline.now()
         let promise = loop.makePromise(of: (any DestinationStream).self)
         let fail = { (error: any Error) in
             self.dedicatedCount -= 1
@@ -371,6 +372,7 @@ final class SessionPool {
                     handshake.futureResult.assumeIsolated().whenComplete { outcome in
                         switch outcome {
                         case .success:
+                            self.metrics.sessionStarted(seconds: Double((NIODeadline.now() - began).nanoseconds) / 1e9)
                             self.metrics.streamOpened(pooled: false)
                             promise.assumeIsolated().succeed(stream)
                         case .failure(let error):

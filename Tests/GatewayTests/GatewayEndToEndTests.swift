@@ -423,6 +423,36 @@ struct GatewayFrontsEndToEndTests {
         #expect(next.received == 1 << 20 && next.receivedSHA256 == next.sentSHA256)
     }
 
+    @Test("An agent too old for mux: each connection gets a basic-mode session of its own, ssh -J and three parallel echoes arrive intact")
+    func basicModeAgentThroughTheGateway() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.localConfiguration?.instances[0].agentVersion = "3.0.196.0"
+            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
+        }
+        defer { gateway.close() }
+        let port = gateway.server.bound.forwards[0]
+        let results = try await withThrowingTaskGroup(of: EchoResult.self) { group in
+            for seed in 0..<3 { group.addTask { try await echoThrough(port: port, bytes: 256 << 10, seed: UInt64(30 + seed)) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.allSatisfy { $0.received == 256 << 10 && $0.receivedSHA256 == $0.sentSHA256 })
+        guard let ssh = findExecutable("ssh") else { throw ToolMissing(tool: "openssh-client") }
+        let jumped = try await run(ssh, gateway.jumpOptions() + [gateway.destination, "echo basic-$((6*7))"], environment: Self.environment)
+        #expect(jumped.status == 0 && jumped.stdout.contains("basic-42"), "\(jumped.stderr)")
+        let closes = await gateway.closeLines(atLeast: 4)
+        #expect(closes.count == 4 && closes.allSatisfy { $0["outcome"] as? String == "ok" }, "\(closes)")
+        let echoes = closes.filter { $0["port"] as? Int == echo.port }
+        #expect(echoes.map { $0["bytes_to_client"] as? Int } == [256 << 10, 256 << 10, 256 << 10], "\(closes)")
+        #expect(Set(closes.compactMap { $0["session_id"] as? String }).count == 4, "one session per connection: \(closes)")
+        let metrics = try await gateway.metricsText()
+        #expect(GatewayHarness.metric(metrics, "ssmgate_pooled_streams_total") == 0, "no connection rode a mux session: \(metrics)")
+        // Dedicated sessions count too (the Pool may also have started one more before it knew the
+        // agent's version; that one is ended unused).
+        #expect((GatewayHarness.metric(metrics, "ssmgate_sessions_started_total") ?? 0) >= 4, "\(metrics)")
+    }
+
     @Test("psql runs queries through a static forward and through AWS-StartPortForwardingSessionToRemoteHost")
     func psqlThroughForwards() async throws {
         let postgres = try await PostgresServer.start()
