@@ -453,6 +453,42 @@ struct GatewayFrontsEndToEndTests {
         #expect((GatewayHarness.metric(metrics, "ssmgate_sessions_started_total") ?? 0) >= 4, "\(metrics)")
     }
 
+    @Test("A pooled session nobody uses for pool.idle_seconds is terminated; the next connection starts a new one")
+    func idlePooledSessionIsTerminated() async throws {
+        let echo = try await EchoServer()
+        defer { Task { await echo.close() } }
+        let gateway = try await GatewayHarness.start { configuration, _ in
+            configuration.pool.idleTimeout = .seconds(1)
+            configuration.forwards = [.init(listen: .init(host: "127.0.0.1", port: 0), target: "local", port: echo.port)]
+        }
+        defer { gateway.close() }
+        guard let curl = findExecutable("curl") else { throw ToolMissing(tool: "curl") }
+        let emulator = try #require(gateway.server.bound.emulatorURL)
+        let port = gateway.server.bound.forwards[0]
+        let first = try await echoThrough(port: port, bytes: 64 << 10, seed: 51)
+        #expect(first.received == 64 << 10 && first.receivedSHA256 == first.sentSHA256)
+        let session = try #require(await gateway.closeLines(atLeast: 1).first?["session_id"] as? String)
+        // The stream ended; one idle second later the Pool ends the session (bounded wait: 15 s).
+        var pooled: Double? = nil
+        for _ in 0..<150 {
+            pooled = GatewayHarness.metric(try await gateway.metricsText(), "ssmgate_pooled_sessions")
+            if pooled == 0 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(pooled == 0, "the idle session was not closed")
+        var view = ""
+        for _ in 0..<50 {
+            view = try await run(curl, ["-sS", "\(emulator)/admin/sessions/\(session)"], environment: Self.environment).stdout
+            if !view.contains("ClientConnections") { break }  // its relay is gone: terminated
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(view.contains(session) && !view.contains("ClientConnections"), "the service still relays it: \(view)")
+        let second = try await echoThrough(port: port, bytes: 64 << 10, seed: 52)
+        #expect(second.received == 64 << 10 && second.receivedSHA256 == second.sentSHA256)
+        let closes = await gateway.closeLines(atLeast: 2)
+        #expect(closes.count == 2 && closes[1]["session_id"] as? String != session, "\(closes)")
+    }
+
     @Test("psql runs queries through a static forward and through AWS-StartPortForwardingSessionToRemoteHost")
     func psqlThroughForwards() async throws {
         let postgres = try await PostgresServer.start()
