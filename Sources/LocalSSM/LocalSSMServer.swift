@@ -28,9 +28,14 @@ public final class LocalSSMServer: Sendable {
         let issued = IssuedCredentials()
         self.issuedCredentials = issued
         self.verifier = SigV4Verifier(region: configuration.region, services: ["ssm", "ec2", "ssmmessages", "sts"]) { accessKeyID in
-            guard let known = configuration.credential(accessKeyID) ?? issued.credential(accessKeyID) else { return nil }
+            guard let known = Self.knownCredential(accessKeyID, configuration: configuration, issued: issued) else { return nil }
             return AWSCredentials(accessKeyID: known.accessKeyID, secretAccessKey: known.secretAccessKey, sessionToken: known.sessionToken)
         }
+    }
+
+    /// A key the emulator accepts: one from its configuration, or temporary keys it issued (AssumeRole).
+    static func knownCredential(_ accessKeyID: String, configuration: LocalSSMConfiguration, issued: IssuedCredentials) -> LocalSSMConfiguration.Credential? {
+        configuration.credential(accessKeyID) ?? issued.credential(accessKeyID)
     }
 
     /// The port actually bound (useful when the configuration asks for port 0).
@@ -154,7 +159,7 @@ public final class LocalSSMServer: Sendable {
         switch self.verifier.verify(signed, now: Date()) {
         case .success(let caller):
             guard caller.service == service,
-                let credential = self.configuration.credential(caller.accessKeyID) ?? self.issuedCredentials.credential(caller.accessKeyID)
+                let credential = Self.knownCredential(caller.accessKeyID, configuration: self.configuration, issued: self.issuedCredentials)
             else {
                 return .failure(AWSAPIError(code: "InvalidSignatureException", message: "Credential should be scoped to correct service: '\(service)'."))
             }
