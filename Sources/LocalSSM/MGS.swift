@@ -341,20 +341,30 @@ final class SessionRelay: Sendable {
                 return state.agent.channel
             }
         }
-        if let channel { Self.closeGracefully(channel) }
+        if let channel { Self.endWebSocket(channel, of: role) }
         return channel != nil
     }
 
-    /// The service ending a WebSocket (lifetime, a drop fault, the admin endpoint): what it already
-    /// wrote still reaches the peer, then FIN; the peer's own close (or 2 s) ends the socket.
-    /// Closing at once would discard frames still queued in the socket and reset it, and the agent
-    /// resends lost messages only one per round-trip timeout: a drop at full speed would stall
-    /// the session for minutes. Loss is what the frame-drop faults are for.
-    static func closeGracefully(_ channel: any Channel) {
+    /// The service ending a WebSocket (lifetime, a drop fault, the admin endpoint).
+    ///
+    /// A client's: what the relay already wrote still reaches it, then FIN; the client's own close
+    /// (or 2 s) ends the socket. Closing at once would discard frames queued in the socket, and
+    /// the agent, which cannot know the client reconnected, resends lost messages only one per
+    /// round-trip timeout: a drop at full speed would stall the session for minutes. An agent's
+    /// closes at once: the agent resends its whole window when it reconnects (`resume`), so what
+    /// the socket held costs one round trip (and a graceful close measured slower there: agent
+    /// drops every second took 5–20 s for the fault test's transfers instead of 3–4). Loss in
+    /// transit is what the frame-drop faults are for.
+    static func endWebSocket(_ channel: any Channel, of role: SessionRegistry.Role) {
+        guard role == .client else {
+            channel.close(promise: nil)
+            return
+        }
+        // At most 2 s, however slowly the client reads.
+        channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         // Writes complete in order: once this ping is written, so is everything before it.
         channel.writeAndFlush(WebSocketMessage.ping(ByteBuffer(string: "closing"))).whenComplete { _ in
             channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
-            channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         }
     }
 
@@ -678,7 +688,7 @@ final class SessionRelay: Sendable {
 
     /// Idle timeout, WebSocket lifetime and timed drops; called every `MGS.tickInterval`.
     func tick(now: UInt64, limits: LimitsProfile) -> TickOutcome {
-        var closing: [any Channel] = []
+        var closing: [(any Channel, SessionRegistry.Role)] = []
         let outcome = self.state.withLock { state -> TickOutcome in
             guard !state.closed else { return .none }
             if state.dataFrames != state.idleMark.count {
@@ -691,7 +701,7 @@ final class SessionRelay: Sendable {
                     state.withSide(role) { side in
                         guard let channel = side.channel, now.elapsed(since: side.attachedAt) >= lifetime else { return }
                         side.attachedAt = now  // closing: not again on the next tick
-                        closing.append(channel)
+                        closing.append((channel, role))
                     }
                 }
             }
@@ -701,13 +711,15 @@ final class SessionRelay: Sendable {
                     now.elapsed(since: state.lastTimedDrop) >= UInt64(seconds) * 1_000_000_000
                 {
                     state.lastTimedDrop = now
-                    if let channel = drop.side == .client ? state.client.channel : state.agent.channel { closing.append(channel) }
+                    if let channel = drop.side == .client ? state.client.channel : state.agent.channel {
+                        closing.append((channel, drop.side == .client ? .client : .agent))
+                    }
                 }
             }
             return .none
         }
         // No `channel_closed`: the side reconnects (ResumeSession for a client).
-        for channel in closing { Self.closeGracefully(channel) }
+        for (channel, role) in closing { Self.endWebSocket(channel, of: role) }
         return outcome
     }
 
