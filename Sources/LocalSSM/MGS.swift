@@ -688,7 +688,7 @@ final class SessionRelay: Sendable {
 
     /// Idle timeout, WebSocket lifetime and timed drops; called every `MGS.tickInterval`.
     func tick(now: UInt64, limits: LimitsProfile) -> TickOutcome {
-        var closing: [(any Channel, SessionRegistry.Role)] = []
+        var closing: [SessionRegistry.Role] = []
         let outcome = self.state.withLock { state -> TickOutcome in
             guard !state.closed else { return .none }
             if state.dataFrames != state.idleMark.count {
@@ -699,9 +699,9 @@ final class SessionRelay: Sendable {
             if let lifetime = limits.webSocketLifetimeSeconds.map({ UInt64($0) * 1_000_000_000 }) {
                 for role in [SessionRegistry.Role.client, .agent] {
                     state.withSide(role) { side in
-                        guard let channel = side.channel, now.elapsed(since: side.attachedAt) >= lifetime else { return }
+                        guard side.channel != nil, now.elapsed(since: side.attachedAt) >= lifetime else { return }
                         side.attachedAt = now  // closing: not again on the next tick
-                        closing.append((channel, role))
+                        closing.append(role)
                     }
                 }
             }
@@ -711,15 +711,15 @@ final class SessionRelay: Sendable {
                     now.elapsed(since: state.lastTimedDrop) >= UInt64(seconds) * 1_000_000_000
                 {
                     state.lastTimedDrop = now
-                    if let channel = drop.side == .client ? state.client.channel : state.agent.channel {
-                        closing.append((channel, drop.side == .client ? .client : .agent))
-                    }
+                    let role: SessionRegistry.Role = drop.side == .client ? .client : .agent
+                    if state.withSide(role, { $0.channel != nil }) { closing.append(role) }
                 }
             }
             return .none
         }
-        // No `channel_closed`: the side reconnects (ResumeSession for a client).
-        for (channel, role) in closing { Self.endWebSocket(channel, of: role) }
+        // No `channel_closed`: the side reconnects (ResumeSession for a client). As for any drop,
+        // the socket is forgotten first, so what comes meanwhile waits for the new one.
+        for role in closing { _ = self.dropSide(role) }
         return outcome
     }
 
