@@ -143,7 +143,9 @@ struct PortForwardingTests {
         }
     }
 
-    @Test("An agent too old for mux gets basic mode: connections take turns over the one byte stream")
+    // Bounded: once, in a clean-clone CI run under full load, this test never finished (every
+    // thread idle, no reproduction in 20 runs alone or with its suite); a hang must fail, not stall CI.
+    @Test("An agent too old for mux gets basic mode: connections take turns over the one byte stream", .timeLimit(.minutes(2)))
     func basicModeWithOldAgent() async throws {
         let echo = try await EchoServer()
         defer { Task { await echo.close() } }

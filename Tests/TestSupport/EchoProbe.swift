@@ -11,8 +11,11 @@ public struct EchoResult: Sendable {
 }
 
 /// Connects to a local port, sends `bytes` deterministic bytes (respecting backpressure), reads
-/// the echo until all came back, and hashes both directions.
-public func echoThrough(port: Int, bytes: Int, seed: UInt64, onProgress: (@Sendable (Int) -> Void)? = nil) async throws -> EchoResult {
+/// the echo until all came back, and hashes both directions. Past `deadline` the connection is
+/// closed and what arrived so far is the result: a stalled relay fails the test instead of hanging it.
+public func echoThrough(
+    port: Int, bytes: Int, seed: UInt64, deadline: TimeAmount = .minutes(3), onProgress: (@Sendable (Int) -> Void)? = nil
+) async throws -> EchoResult {
     let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: EchoResult.self)
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -23,6 +26,8 @@ public func echoThrough(port: Int, bytes: Int, seed: UInt64, onProgress: (@Senda
         }
         .connect(host: "127.0.0.1", port: port).get()
     defer { channel.close(promise: nil) }
+    let watchdog = channel.eventLoop.scheduleTask(in: deadline) { channel.close(promise: nil) }
+    defer { watchdog.cancel() }
     return try await promise.futureResult.get()
 }
 
