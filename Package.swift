@@ -296,6 +296,8 @@ let package = Package(
             dependencies: [
                 "TestSupport",
                 "Gateway",
+                "AWSClient",
+                "DataChannel",
                 "LocalSSM",
                 "Relay",
                 .product(name: "Logging", package: "swift-log"),

@@ -9,8 +9,14 @@ public struct DataChannelConfiguration: Sendable, Hashable {
     public var clientVersion: String
     /// Largest payload per data message. The official peers use 1024; larger is opt-in.
     public var maximumPayloadSize: Int
-    /// Stream messages sent but not yet acknowledged; producing stops at this many.
+    /// Stream messages sent but not yet acknowledged; producing stops at this many. 512 is far more
+    /// than AWS's pace needs (about 1000 messages a second) and bounds the burst a resume resends
+    /// under the service's rate limit; without that limit see `unpacedSendWindow`.
     public var sendWindow: Int
+    /// The window for a client that does not pace itself (an unlimited emulator): the round trip
+    /// under load, not the service's rate, is then what bounds one stream (512 held it near 85 MB/s
+    /// on two shared cores, 2048 above 100).
+    public static let unpacedSendWindow = 2048
     /// Data messages per second this client sends, kept under the service's limit (~1000/s);
     /// nil disables the limiter (for measuring against an unlimited emulator).
     public var messagesPerSecond: Int?

@@ -16,20 +16,43 @@ public struct AWSContext: Sendable {
 
     public init(profile: String?, region: String?, endpointURL: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         let home = environment["HOME"] ?? NSHomeDirectory()
+        // Everything that can throw comes before the HTTP client, which must be shut down once made.
+        self.dataChannelConfiguration = try Self.dataChannelConfiguration(environment: environment)
         self.configuration = try AWSClientConfiguration.resolve(
             environment: environment, profile: profile, region: region, endpointURL: endpointURL, homeDirectory: home)
         self.httpClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton))
         let chain = CredentialChain(configuration: self.configuration, httpClient: self.httpClient)
         self.credentials = chain
         self.ssm = SSMClient(configuration: self.configuration, credentials: chain, httpClient: self.httpClient)
+    }
+
+    /// The data-channel settings with the measurement overrides of the environment applied. A value
+    /// out of range is an error (naming the variable), not silently the default.
+    public static func dataChannelConfiguration(environment: [String: String]) throws -> DataChannelConfiguration {
+        func integer(_ name: String, in range: ClosedRange<Int>) throws -> Int? {
+            guard let text = environment[name] else { return nil }
+            guard let value = Int(text), range.contains(value) else {
+                throw AWSConfigurationError(
+                    problem: "\(name) is '\(text)', not a whole number from \(range.lowerBound) to \(range.upperBound)",
+                    remedy: "set it to such a number, or unset it for the default")
+            }
+            return value
+        }
         var dataChannel = DataChannelConfiguration()
-        if let size = environment["SSMGATE_PAYLOAD_SIZE"].flatMap(Int.init), (1...65536).contains(size) {
-            dataChannel.maximumPayloadSize = size
+        if let size = try integer("SSMGATE_PAYLOAD_SIZE", in: 1...65536) { dataChannel.maximumPayloadSize = size }
+        if environment["SSMGATE_MESSAGES_PER_SECOND"] == "unlimited" {
+            dataChannel.messagesPerSecond = nil
+        } else if let rate = try? integer("SSMGATE_MESSAGES_PER_SECOND", in: 1...1_000_000) {
+            dataChannel.messagesPerSecond = rate
+        } else if let text = environment["SSMGATE_MESSAGES_PER_SECOND"] {
+            throw AWSConfigurationError(
+                problem: "SSMGATE_MESSAGES_PER_SECOND is '\(text)', not a whole number from 1 to 1000000 or 'unlimited'",
+                remedy: "set it to such a value, or unset it for the default (900)")
         }
-        if let rate = environment["SSMGATE_MESSAGES_PER_SECOND"] {
-            dataChannel.messagesPerSecond = rate == "unlimited" ? nil : Int(rate).flatMap { $0 > 0 ? $0 : nil } ?? dataChannel.messagesPerSecond
-        }
-        self.dataChannelConfiguration = dataChannel
+        // Without the service's rate to keep under, the round trip bounds a stream: a wider window.
+        if dataChannel.messagesPerSecond == nil { dataChannel.sendWindow = DataChannelConfiguration.unpacedSendWindow }
+        if let window = try integer("SSMGATE_SEND_WINDOW", in: 1...100_000) { dataChannel.sendWindow = window }
+        return dataChannel
     }
 
     init(configuration: AWSClientConfiguration, credentials: any AWSCredentialProvider, httpClient: HTTPClient,

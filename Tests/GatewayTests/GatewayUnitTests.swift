@@ -1,3 +1,5 @@
+import AWSClient
+import DataChannel
 import Foundation
 import Gateway
 import LocalSSM
@@ -7,6 +9,27 @@ import Testing
 
 @Suite("Gateway configuration, routing and access rules")
 struct GatewayUnitTests {
+    @Test("The data channel's measurement settings from the environment: window follows the pacing; bad values are named")
+    func dataChannelEnvironment() throws {
+        let plain = try AWSContext.dataChannelConfiguration(environment: [:])
+        #expect(plain.sendWindow == 512)
+        #expect(plain.messagesPerSecond == 900)
+        #expect(plain.maximumPayloadSize == 1024)
+        let unpaced = try AWSContext.dataChannelConfiguration(environment: ["SSMGATE_MESSAGES_PER_SECOND": "unlimited"])
+        #expect(unpaced.messagesPerSecond == nil)
+        #expect(unpaced.sendWindow == DataChannelConfiguration.unpacedSendWindow)
+        let chosen = try AWSContext.dataChannelConfiguration(environment: [
+            "SSMGATE_MESSAGES_PER_SECOND": "unlimited", "SSMGATE_SEND_WINDOW": "300", "SSMGATE_PAYLOAD_SIZE": "4096",
+        ])
+        #expect(chosen.sendWindow == 300)
+        #expect(chosen.maximumPayloadSize == 4096)
+        #expect(try AWSContext.dataChannelConfiguration(environment: ["SSMGATE_MESSAGES_PER_SECOND": "500"]).messagesPerSecond == 500)
+        for (name, value) in [("SSMGATE_SEND_WINDOW", "0"), ("SSMGATE_PAYLOAD_SIZE", "big"), ("SSMGATE_MESSAGES_PER_SECOND", "fast")] {
+            let error = try #require(throws: AWSConfigurationError.self) { try AWSContext.dataChannelConfiguration(environment: [name: value]) }
+            #expect(error.description.contains("\(name) is '\(value)'"), "\(error)")
+        }
+    }
+
     @Test("A full configuration parses; defaults fill the rest")
     func parsesConfiguration() throws {
         let yaml = """
