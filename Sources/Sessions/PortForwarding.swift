@@ -49,6 +49,21 @@ public final class LocalPortForwarder: DataChannelDelegate {
     /// The data channel's counters (reconnects, retransmissions, bytes).
     public var channelStatistics: DataChannelStatistics { self.channel.statistics }
 
+    /// One line on where the forwarder stands, for a report when a connection stalls.
+    public var stateSummary: String {
+        let stats = self.channel.statistics
+        var mode = "starting"
+        if let basic = self.basic {
+            mode = "basic: current \(basic.current == nil ? "none" : "open"), waiting \(basic.waiting.count), "
+                + "held input \(basic.pendingInput?.readableBytes ?? 0) B, writable \(self.channel.isWritable)"
+        } else if self.mux != nil {
+            mode = "mux"
+        }
+        return "\(mode); messages sent \(stats.messagesSent) (\(stats.payloadBytesSent) B), received \(stats.messagesReceived) "
+            + "(\(stats.payloadBytesReceived) B), unacknowledged \(self.channel.unacknowledgedCount), "
+            + "retransmissions \(stats.retransmissions), reconnects \(stats.reconnects)"
+    }
+
     var terminating = false
 
     /// Ends the session the way the official client does on Ctrl-C: the TerminateSession flag.

@@ -146,9 +146,10 @@ struct FaultTests {
         try await withPortSession(Self.configuration()) { emulator, id, session, echo in
             #expect(try pingStatus(emulator) == "Online")
             let killed = try await admin(
-                emulator, .POST, "/admin/agents/\(LocalSSMConfiguration.defaultInstanceID)/kill", #"{"restartAfterMs": 2000}"#)
+                emulator, .POST, "/admin/agents/\(LocalSSMConfiguration.defaultInstanceID)/kill", #"{"restartAfterMs": 4000}"#)
             #expect(killed.status == 200)
-            #expect(try await eventually(within: .seconds(1.5)) { try pingStatus(emulator) == "ConnectionLost" })
+            // Seen before the restart (4 s): 1.5 s of a 2 s restart was once too short with every suite running.
+            #expect(try await eventually(within: .seconds(3.5)) { try pingStatus(emulator) == "ConnectionLost" })
             #expect(try await eventually(within: .seconds(15)) { try pingStatus(emulator) == "Online" })
             let output = try await value(of: session.closed, within: .seconds(15), "channel_closed after the restart")
             #expect(output == MGS.agentRestartedOutput)
