@@ -253,6 +253,26 @@ final class AgentSessionHandler: ChannelInboundHandler {
         self.onEnd(self.task.sessionID, failure)
     }
 
+    var stateSummary: String {
+        let plugin =
+            switch self.plugin {
+            case .none: "none"
+            case .mux: "mux"
+            case .basic: "basic"
+            case .terminal: "terminal"
+            }
+        let destinations = self.destinations.keys.sorted().map { stream in
+            let destination = self.destinations[stream]!
+            return "\(stream) \(destination.isConnected ? "connected" : "dialing")\(destination.reading ? "" : " not reading")"
+        }
+        let toDestinations = self.pendingToDestination.values.joined().reduce(0) { $0 + $1.readableBytes }
+        let fromDestinations = self.pendingFromDestination.values.joined().reduce(0) { $0 + $1.readableBytes }
+        return "phase \(self.phase), plugin \(plugin), WebSocket \(self.context == nil ? "away" : "up"), paused \(self.paused), "
+            + "unacknowledged output \(self.reliable.unacknowledgedCount), next input expected \(self.reliable.expectedIncomingSequence), "
+            + "destinations [\(destinations.joined(separator: ", "))], waiting to go to destinations \(toDestinations) B, "
+            + "read from destinations not yet sent \(fromDestinations) B, destination backlog \(self.destinationBacklog) B"
+    }
+
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

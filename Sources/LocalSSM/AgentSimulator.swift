@@ -123,6 +123,15 @@ public final class AgentSimulator: Sendable {
     /// Sessions this agent runs now.
     var sessionIDs: [String] { self.state.withLock { Array($0.sessions.keys) } }
 
+    /// Where the agent's side of a session stands (phase, window, destinations, what waits where),
+    /// for a report when a transfer stalls; nil when this agent does not run the session.
+    public func stateSummary(sessionID: String) async -> String? {
+        guard let channel = self.state.withLock({ $0.sessions[sessionID] }) else { return nil }
+        return try? await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: AgentSessionHandler.self).stateSummary
+        }.get()
+    }
+
     func isCurrent(_ epoch: Int) -> Bool {
         self.state.withLock { !$0.stopped && $0.epoch == epoch }
     }

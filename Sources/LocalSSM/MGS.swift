@@ -165,6 +165,12 @@ public final class MGS: Sendable {
     }
 
     /// How often the message-rate limit paused each side of a session, and for how long in all.
+    /// Where the service's relay of a session stands (each side's socket, what is held or queued
+    /// for it), for a report when a transfer stalls; nil for an unknown session.
+    public func relayStateSummary(sessionID: String) -> String? {
+        self.relay(sessionID)?.stateSummary
+    }
+
     public func rateLimitStatistics(sessionID: String) -> RateLimitStatistics? {
         self.relay(sessionID)?.rateLimitStatistics
     }
@@ -276,6 +282,17 @@ final class SessionRelay: Sendable {
             state.agent.bucket = TokenBucket(rate: Double(rate), capacity: Double(rate))
         }
         self.state = Mutex(state)
+    }
+
+    var stateSummary: String {
+        self.state.withLock { state in
+            func side(_ side: Side) -> String {
+                "\(side.channel == nil ? "away" : "attached") (\(side.attachCount) attaches), held \(side.pending.count), "
+                    + "outbox \(side.outbox.count)\(side.outboxFlushScheduled ? " (flush scheduled)" : ""), "
+                    + "reading\(side.readingSuspended ? " suspended" : ""), rate-held \(side.held.count)"
+            }
+            return "closed \(state.closed), data frames \(state.dataFrames); client: \(side(state.client)); agent: \(side(state.agent))"
+        }
     }
 
     /// Connects one side; frames held for it are flushed in order. A newer connection of the

@@ -162,10 +162,12 @@ struct PortForwardingTests {
                     // A stall seen once in CI and never reproduced: say where each side stood.
                     let forwarder = handle.forwarder
                     let summary = try await handle.loop.submit { forwarder.value.stateSummary }.get()
-                    let attached = try? emulator.server.mgs.attachCount(sessionID: session.sessionID)
+                    let relay = emulator.server.mgs.relayStateSummary(sessionID: session.sessionID) ?? "no relay"
                     let status = emulator.server.registry.session(session.sessionID)?.status.rawValue ?? "gone"
+                    let agent = await emulator.agent(for: LocalSSMConfiguration.defaultInstanceID)?.stateSummary(sessionID: session.sessionID)
                     let report = "connection \(index): sent \(result.sent), echoed \(result.received); forwarder: \(summary); "
-                        + "service: session \(status), WebSockets attached client \(attached?.client ?? 0) agent \(attached?.agent ?? 0)"
+                        + "service: session \(status), relay \(relay); "
+                        + "agent: \(agent ?? "no such session")"
                     Issue.record("\(report)")
                 }
                 #expect(result.received == result.sent)
