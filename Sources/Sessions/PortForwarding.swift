@@ -186,17 +186,19 @@ final class BasicPortBridge: DataChannelDelegate {
             return
         }
         if self.current == nil { self.current = child } else { self.waiting.append(child) }
+        // A connection that closes before it ever became active hears no channelInactive.
+        child.closeFuture.assumeIsolated().whenComplete { _ in self.localClosed(child) }
     }
 
-    /// The next waiting connection (one still open) gets the byte stream.
+    /// The next waiting connection gets the byte stream (closed ones have left `waiting`). An
+    /// accepted connection becomes active a tick after it is handed over, so the next one may not
+    /// be active yet: its `channelActive` then starts the reads. (Skipping such a connection
+    /// orphaned it: neither current nor waiting, never read, its client waiting forever.)
     func attachNext() {
-        while !self.waiting.isEmpty {
-            let child = self.waiting.removeFirst()
-            guard child.isActive else { continue }
-            self.current = child
-            child.read()
-            return
-        }
+        guard !self.waiting.isEmpty else { return }
+        let child = self.waiting.removeFirst()
+        self.current = child
+        if child.isActive { child.read() }
     }
 
     /// Called by the connection's handler with what the local side sent.

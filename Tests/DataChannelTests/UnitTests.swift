@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import NIOCore
+import NIOEmbedded
 import SSMProtocol
 import TestSupport
 import Testing
@@ -10,6 +11,37 @@ import Testing
 
 @Suite("Data channel pieces without I/O")
 struct DataChannelUnitTests {
+    @Test("Basic port forwarding: a connection accepted while the current one closes, not yet active, gets the byte stream next")
+    func basicBridgeTakesAConnectionNotYetActive() throws {
+        // NIO activates an accepted socket a tick after the initializer hands it over; a connection
+        // closing in between made the bridge skip the new one, whose client then waited forever.
+        let loop = EmbeddedEventLoop()
+        let channel = try DataChannel(
+            streamURL: "wss://127.0.0.1:1/v1/data-channel/s-0", token: "token", sessionID: "s-0", clientID: DataChannel.uuid(),
+            configuration: DataChannelConfiguration(), eventLoop: loop, renewToken: nil)
+        let bridge = BasicPortBridge(channel: channel, notice: { _ in })
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: 1)
+        let first = EmbeddedChannel(loop: loop)
+        bridge.accept(first)
+        try first.connect(to: address).wait()
+        let second = EmbeddedChannel(loop: loop)
+        bridge.accept(second)
+        let abandoned = EmbeddedChannel(loop: loop)
+        bridge.accept(abandoned)
+        #expect(bridge.current === first)
+        #expect(bridge.waiting.count == 2)
+        #expect(!second.isActive)
+        // One that closes before it was ever active (no channelInactive) leaves the queue too.
+        try abandoned.close().wait()
+        #expect(bridge.waiting.count == 1)
+        try first.close().wait()
+        #expect(bridge.current === second, "the open connection not yet active must be next")
+        #expect(bridge.waiting.isEmpty)
+        try second.connect(to: address).wait()
+        #expect(bridge.current === second)
+        _ = try? second.finish()
+    }
+
     static func hex(_ text: String) -> [UInt8] {
         var bytes: [UInt8] = []
         var index = text.startIndex
