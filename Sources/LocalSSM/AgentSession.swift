@@ -45,7 +45,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
     enum Phase { case handshaking, running, ended }
     enum Plugin {
         case none
-        case mux(SmuxSession)
+        /// The smux session itself is `AgentSessionHandler.smux`: mutated in place there, never copied.
+        case mux
         case basic
         /// Standard_Stream and InteractiveCommands: a process on a pty (no handshake without KMS).
         case terminal(PseudoTerminal)
@@ -62,6 +63,9 @@ final class AgentSessionHandler: ChannelInboundHandler {
     var reliable = ReliableStream(configuration: .agent)
     var phase = Phase.handshaking
     var plugin = Plugin.none
+    /// Set with `plugin = .mux`. Only mutating calls reach it: a getter on a struct stored in a
+    /// class, across modules, copies the whole struct (every reference retained and released).
+    var smux: SmuxSession?
     var clientVersion = ""
     var handshakeStarted: UInt64 = 0
     var paused = false
@@ -376,7 +380,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
         {
             var configuration = SmuxConfiguration()
             configuration.keepAlive = compareVersions(self.clientVersion, Self.keepAliveOffClientVersion) > 0 ? nil : .smuxDefault
-            self.plugin = .mux(SmuxSession(role: .server, configuration: configuration))
+            self.smux = SmuxSession(role: .server, configuration: configuration)
+            self.plugin = .mux
         } else {
             self.plugin = .basic
             self.dial(stream: 0)
@@ -386,17 +391,14 @@ final class AgentSessionHandler: ChannelInboundHandler {
     /// Client bytes: smux for mux sessions, raw destination bytes for basic ones.
     func input(_ payload: ByteBuffer) {
         switch self.plugin {
-        case .mux(var session):
-            self.plugin = .none
+        case .mux:
             var events: [SmuxEvent] = []
             do {
-                try session.receive(payload, into: &events)
+                try self.smux!.receive(payload, into: &events)
             } catch {
-                self.plugin = .mux(session)
                 self.end(failure: "smux protocol error: \(error)")
                 return
             }
-            self.plugin = .mux(session)
             for event in events {
                 switch event {
                 case .streamOpened(let id): self.dial(stream: id.rawValue)
@@ -521,10 +523,8 @@ final class AgentSessionHandler: ChannelInboundHandler {
     }
 
     func closeMuxStream(_ stream: UInt32) {
-        guard case .mux(var session) = self.plugin else { return }
-        self.plugin = .none
-        _ = session.closeStream(SmuxStreamID(stream))
-        self.plugin = .mux(session)
+        guard case .mux = self.plugin else { return }
+        _ = self.smux!.closeStream(SmuxStreamID(stream))
     }
 
     // MARK: Outbound
@@ -537,11 +537,10 @@ final class AgentSessionHandler: ChannelInboundHandler {
         while !self.paused, self.reliable.unacknowledgedCount < Self.outputWindow, self.paceAllows(chunk) {
             var payload: ByteBuffer?
             switch self.plugin {
-            case .mux(var session):
-                self.plugin = .none
+            case .mux:
                 for (stream, var queue) in self.pendingFromDestination {
                     while var data = queue.first {
-                        switch session.write(data, to: SmuxStreamID(stream)) {
+                        switch self.smux!.write(data, to: SmuxStreamID(stream)) {
                         case .accepted(let count):
                             data.moveReaderIndex(forwardBy: count)
                         default:
@@ -558,12 +557,11 @@ final class AgentSessionHandler: ChannelInboundHandler {
                 }
                 for stream in self.finAfterPending where self.pendingFromDestination[stream] == nil {
                     self.finAfterPending.remove(stream)
-                    _ = session.closeStream(SmuxStreamID(stream))
+                    _ = self.smux!.closeStream(SmuxStreamID(stream))
                 }
-                payload = session.nextOutbound(maximumBytes: chunk)
-                _ = session.drainFinishedStreams()
-                _ = session.drainWritableStreams()
-                self.plugin = .mux(session)
+                payload = self.smux!.nextOutbound(maximumBytes: chunk)
+                _ = self.smux!.drainFinishedStreams()
+                _ = self.smux!.drainWritableStreams()
             case .basic:
                 if var queue = self.pendingFromDestination[0], var first = queue.first {
                     payload = first.readSlice(length: min(chunk, first.readableBytes))
@@ -604,7 +602,7 @@ final class AgentSessionHandler: ChannelInboundHandler {
 
     var hasPendingOutput: Bool {
         if !self.pendingFromDestination.isEmpty || !self.terminalOutput.isEmpty { return true }
-        if case .mux(let session) = self.plugin { return session.hasPendingOutbound }
+        if case .mux = self.plugin { return self.smux!.hasPendingOutboundInPlace() }
         return false
     }
 
@@ -787,4 +785,10 @@ func compareVersions(_ a: String, _ b: String) -> Int {
         if left[index] != right[index] { return left[index] < right[index] ? -1 : 1 }
     }
     return 0
+}
+
+extension SmuxSession {
+    /// `hasPendingOutbound` on an exclusively accessed session: reached through `inout`, the getter
+    /// borrows it instead of copying it out of the class property that holds it.
+    mutating func hasPendingOutboundInPlace() -> Bool { self.hasPendingOutbound }
 }

@@ -122,10 +122,13 @@ public final class MuxConnection: DataChannelDelegate {
     func pump() {
         guard !self.closed else { return }
         let size = self.channel.maximumPayloadSize
-        while self.smux.hasPendingOutbound, self.channel.isWritable, let payload = self.smux.nextOutbound(maximumBytes: size) {
+        // Only mutating calls on `smux` here: a getter on a struct stored in a class, called across
+        // modules, copies the whole struct (every reference in it retained and released) per message.
+        while self.channel.isWritable, let payload = self.smux.nextOutbound(maximumBytes: size) {
             self.channel.send(payload, type: .output)
         }
-        if self.smux.hasPendingOutbound, !self.channel.isWritable { self.channel.requestWritabilityNotification() }
+        // Cheap when nothing paces the channel; with a rate limit, at worst one wake finds nothing to send.
+        if !self.channel.isWritable { self.channel.requestWritabilityNotification() }
         for id in self.smux.drainWritableStreams() {
             if self.streamsInWrite.contains(id) {
                 self.deferredWritable.insert(id)
