@@ -74,13 +74,15 @@ struct GatewayUnitTests {
                 "AWS_ENDPOINT_URL": emulator.server.endpointURL, "HOME": NSTemporaryDirectory(),
             ])
             let directory = InstanceDirectory(ssm: context.ssm, ec2: context.ec2)
-            let ttl = TimeAmount.milliseconds(300)
+            // Long enough that the second call lands inside it with every suite starting at once
+            // (300 ms failed once in a clean-clone CI run: the task waited longer than that).
+            let ttl = TimeAmount.seconds(3)
             let first = try await directory.node(id: LocalSSMConfiguration.defaultInstanceID, ttl: ttl)
             #expect(first?.pingStatus == "Online" && first?.name == "local" && first?.tags["Name"] == "local", "\(String(describing: first))")
             #expect(await directory.lastEC2Failure == nil)
             _ = try await directory.nodes(named: "local", ttl: ttl)
             #expect(await directory.refreshes == 1, "within the TTL the cached answer serves")
-            try await Task.sleep(for: .milliseconds(400))
+            try await Task.sleep(for: .milliseconds(3300))
             // Past the TTL: the answer comes at once from the last snapshot, and one refresh starts.
             let stale = try await directory.node(id: LocalSSMConfiguration.defaultInstanceID, ttl: ttl)
             _ = try await directory.allNodes(ttl: ttl)
