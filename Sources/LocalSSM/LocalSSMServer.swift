@@ -339,6 +339,13 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
             guard let role = self.registry.role(ofToken: token, session: sessionID), let relay = self.mgs.relay(sessionID),
                 relay.attach(role, channel: context.channel)
             else {
+                if let frame = self.mgs.channelClosedFrame(forEndedSession: sessionID, clientToken: token) {
+                    // Opened just after the session ended: told why, then closed.
+                    self.state = .closed
+                    let channel = context.channel
+                    channel.writeAndFlush(WebSocketMessage.binary(frame)).whenComplete { _ in channel.close(promise: nil) }
+                    return
+                }
                 self.closeConnection(context: context)
                 return
             }

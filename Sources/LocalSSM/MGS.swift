@@ -164,13 +164,13 @@ public final class MGS: Sendable {
         return relay.attachCounts
     }
 
-    /// How often the message-rate limit paused each side of a session, and for how long in all.
     /// Where the service's relay of a session stands (each side's socket, what is held or queued
     /// for it), for a report when a transfer stalls; nil for an unknown session.
     public func relayStateSummary(sessionID: String) -> String? {
         self.relay(sessionID)?.stateSummary
     }
 
+    /// How often the message-rate limit paused each side of a session, and for how long in all.
     public func rateLimitStatistics(sessionID: String) -> RateLimitStatistics? {
         self.relay(sessionID)?.rateLimitStatistics
     }
@@ -189,6 +189,7 @@ public final class MGS: Sendable {
 
     /// Ends a session on both sides with `channel_closed`.
     func closeSession(_ sessionID: String, output: String) {
+        self.registry.recordEndOutput(sessionID, output)
         guard let relay = self.relays.withLock({ $0.removeValue(forKey: sessionID) }) else { return }
         relay.close(output: output)
         if let control = self.controlChannels.withLock({ $0[relay.target] }), let frame = relay.channelClosedFrame(output: output, agentForm: true) {
@@ -196,7 +197,18 @@ public final class MGS: Sendable {
         }
     }
 
+    /// `channel_closed` for a client that opens its data channel after the session ended (it
+    /// raced the end): the same word the relay would have sent it had it been connected.
+    func channelClosedFrame(forEndedSession sessionID: String, clientToken token: String) -> ByteBuffer? {
+        guard let output = self.registry.endOutput(ofEndedSession: sessionID, clientToken: token),
+            let session = self.registry.session(sessionID)
+        else { return nil }
+        return SessionRelay.channelClosedFrame(output: output, agentForm: false, target: session.target, sessionID: sessionID)
+    }
+
     func sessionEnded(_ sessionID: String, output: String = "") {
+        // Recorded before the end shows, so a client opening in between is told this, not "".
+        self.registry.recordEndOutput(sessionID, output)
         if self.registry.terminate(sessionID) {
             self.closeSession(sessionID, output: output)
         }
@@ -761,10 +773,14 @@ final class SessionRelay: Sendable {
     }
 
     func channelClosedFrame(output: String, agentForm: Bool) -> ByteBuffer? {
+        Self.channelClosedFrame(output: output, agentForm: agentForm, target: self.target, sessionID: self.sessionID)
+    }
+
+    static func channelClosedFrame(output: String, agentForm: Bool, target: String, sessionID: String) -> ByteBuffer? {
         let payload = ChannelClosed(
             messageID: MessageID.random().description,
             createdDate: ISO8601DateFormatter().string(from: Date()),
-            destinationID: self.target, sessionID: self.sessionID,
+            destinationID: target, sessionID: sessionID,
             output: agentForm ? nil : output)
         let message = AgentMessage(
             messageType: .channelClosed, createdDate: MGS.nowMilliseconds(), sequenceNumber: 0, flags: .control,

@@ -29,6 +29,8 @@ public final class SessionRegistry: Sendable {
         var agentTokens: Set<String>
         /// The SourceIdentity of the credentials that started the session (assumed roles only).
         public var sourceIdentity: String? = nil
+        /// What `channel_closed` told the client when the session ended.
+        var endOutput: String? = nil
     }
 
     private let state = Mutex<[String: Session]>([:])
@@ -95,6 +97,23 @@ public final class SessionRegistry: Sendable {
         }
     }
 
+    /// The end of an ended session, for a client presenting one of its tokens; nil otherwise.
+    func endOutput(ofEndedSession id: String, clientToken token: String) -> String? {
+        self.state.withLock { sessions in
+            guard let session = sessions[id], session.status == .terminated, session.clientTokens.contains(token) else { return nil }
+            return session.endOutput ?? ""
+        }
+    }
+
+    /// The first word on how a session ended wins (later closes of an ended session say nothing new).
+    func recordEndOutput(_ id: String, _ output: String) {
+        self.state.withLock { sessions in
+            guard var session = sessions[id], session.endOutput == nil else { return }
+            session.endOutput = output
+            sessions[id] = session
+        }
+    }
+
     func markConnected(_ id: String) {
         self.state.withLock { sessions in
             if sessions[id]?.status == .connecting { sessions[id]?.status = .connected }
@@ -108,7 +127,8 @@ public final class SessionRegistry: Sendable {
             guard var session = sessions[id], session.status != .terminated else { return false }
             session.status = .terminated
             session.endDate = Date()
-            session.clientTokens = []
+            // The client's tokens stay known (never valid again: `role` refuses ended sessions) so a
+            // client that connects just after the end is told why instead of losing its socket.
             session.agentTokens = []
             sessions[id] = session
             return true

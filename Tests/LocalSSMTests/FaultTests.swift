@@ -134,8 +134,32 @@ struct FaultTests {
                 emulator, document: "AWS-StartSSHSession", parameters: ["portNumber": "\(echo.port)"])
             let stdio = try await TestSession.connect(streamURL: started.url, token: started.token)
             let output = try await value(of: stdio.closed, within: .seconds(30), "the failed session's channel_closed")
-            #expect(output.contains("Unable to connect to specified port"), "\(output)")
+            // Seen twice under the full suite as "socket closed" (no channel_closed), cause not found yet.
+            #expect(
+                output.contains("Unable to connect to specified port"),
+                "\(output); session \(String(describing: emulator.server.registry.session(started.sessionID)?.status)), relay \(emulator.server.mgs.relayStateSummary(sessionID: started.sessionID) ?? "gone")")
             #expect(emulator.server.registry.session(started.sessionID)?.status == .terminated)
+        }
+    }
+
+    @Test("a client that opens its data channel after its session ended gets channel_closed, not a bare close")
+    func clientAfterTheEndIsToldWhy() async throws {
+        try await withEmulator(Self.configuration()) { emulator in
+            let echo = try await EchoServer()
+            defer { Task { await echo.close() } }
+            let started = try await SessionTests.startSession(
+                emulator, document: "AWS-StartPortForwardingSession", parameters: ["portNumber": "\(echo.port)"])
+            _ = try await aws(
+                ["ssm", "terminate-session", "--session-id", started.sessionID], endpoint: emulator.server.endpointURL,
+                environment: ["PATH": try SessionTests.pluginStubDirectory()])
+            #expect(emulator.server.registry.session(started.sessionID)?.status == .terminated)
+            // The client raced the end (as a stdio session's client can when the agent fails at once).
+            let late = try await TestSession.connect(streamURL: started.url, token: started.token)
+            let output = try await value(of: late.closed, within: .seconds(30), "channel_closed for the late client")
+            #expect(output != "socket closed", "the service closed the socket without channel_closed")
+            // Any other token is still refused outright.
+            let stranger = try await TestSession.connect(streamURL: started.url, token: "not-a-token")
+            #expect(try await value(of: stranger.closed, within: .seconds(30), "the refused socket") == "socket closed")
         }
     }
 
