@@ -27,21 +27,27 @@ public final class DaemonSocketFront: Sendable {
     }
 
     public func bind() async throws -> any Channel {
-        try FileManager.default.createDirectory(atPath: (self.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
+        let directory = (self.path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
-        // A socket file left by a daemon that died is replaced; a live daemon's is not.
-        if FileManager.default.fileExists(atPath: self.path) {
+        // A socket file left by a daemon that died is replaced; a live daemon's is not, nor anything else.
+        var existing = stat()
+        if lstat(self.path, &existing) == 0 {
+            guard existing.st_mode & S_IFMT == S_IFSOCK else {
+                throw DaemonSocketError("\(self.path) exists and is not a socket; remove it or set listen.daemon_socket")
+            }
             if DaemonSocketClient.isAlive(path: self.path) {
                 throw DaemonSocketError("another ssmgate daemon already listens on \(self.path); stop it or set listen.daemon_socket")
             }
-            try? FileManager.default.removeItem(atPath: self.path)
         }
         let services = self.services
         let user = self.user
         let logger = self.logger
-        let previous = umask(0o177)
-        defer { umask(previous) }
-        return try await ServerBootstrap(group: self.group)
+        // Bound under a hidden temporary name, made owner-only, then renamed into place: the socket
+        // is never at its path with wider permissions. Not through umask: that is per process, and
+        // setting it across this await changed the mode of whatever other threads created meanwhile.
+        let temporary = "\(directory)/.\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+        let channel = try await ServerBootstrap(group: self.group)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.autoRead, value: false)
             .childChannelInitializer { channel in
@@ -49,7 +55,19 @@ public final class DaemonSocketFront: Sendable {
                     try channel.pipeline.syncOperations.addHandler(DaemonRequestHandler(services: services, user: user, logger: logger))
                 }
             }
-            .bind(unixDomainSocketPath: self.path, cleanupExistingSocketFile: false).get()
+            .bind(unixDomainSocketPath: temporary, cleanupExistingSocketFile: true).get()
+        var failure: String?
+        if chmod(temporary, 0o600) != 0 {
+            failure = "cannot make \(temporary) owner-only: \(String(cString: strerror(errno)))"
+        } else if rename(temporary, self.path) != 0 {
+            failure = "cannot move the daemon socket to \(self.path): \(String(cString: strerror(errno)))"
+        }
+        if let failure {
+            try? await channel.close()
+            unlink(temporary)
+            throw DaemonSocketError(failure)
+        }
+        return channel
     }
 }
 

@@ -4,6 +4,8 @@ import Foundation
 import Gateway
 import LocalSSM
 import NIOCore
+import NIOPosix
+import Synchronization
 import TestSupport
 import Testing
 
@@ -172,5 +174,49 @@ struct GatewayUnitTests {
             let key = try #require(AuthorizedKey.load(file: file + ".pub").first)
             #expect(key.fingerprint == String(expected))
         }
+    }
+
+    @Test("The daemon socket is bound owner-only without touching the process umask, and never over a file that is not a socket")
+    func daemonSocketLeavesTheUmaskAlone() async throws {
+        let scratch = try ScratchDirectory("daemon-umask")
+        defer { scratch.remove() }
+        @Sendable func umaskNow() -> String? {
+            // From /proc: reading it through umask(2) would change it.
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            return status.split(separator: "\n").first { $0.hasPrefix("Umask:") }.map(String.init)
+        }
+        let original = try #require(umaskNow())
+        // Another thread watches the umask all through the binds (the old code set it across an await).
+        let seen = Mutex<Set<String>>([])
+        let stop = Atomic(false)
+        let watcher = Thread {
+            while !stop.load(ordering: .relaxed) {
+                if let value = umaskNow() { seen.withLock { _ = $0.insert(value) } }
+            }
+        }
+        watcher.start()
+        // A new path each time: a child another test spawns meanwhile may briefly hold the last listener.
+        for index in 0..<20 {
+            let path = scratch.file("run/daemon-\(index).sock")
+            let front = DaemonSocketFront(services: LoopbackServices(), path: path, user: "tester", group: MultiThreadedEventLoopGroup.singleton)
+            let channel = try await front.bind()
+            var info = stat()
+            #expect(lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK && info.st_mode & 0o777 == 0o600)
+            #expect(DaemonSocketClient.isAlive(path: path))
+            try await channel.close()
+        }
+        stop.store(true, ordering: .relaxed)
+        while !watcher.isFinished { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(seen.withLock { $0 } == [original])
+        // Only the sockets are left in their directory (no temporary name).
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: scratch.file("run"))) == Set((0..<20).map { "daemon-\($0).sock" }))
+
+        // A regular file at the path is not replaced.
+        let file = scratch.file("not-a-socket")
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("keep me".utf8)))
+        let front = DaemonSocketFront(services: LoopbackServices(), path: file, user: "tester", group: MultiThreadedEventLoopGroup.singleton)
+        let error = await #expect(throws: DaemonSocketError.self) { try await front.bind() }
+        #expect(error?.description.contains("is not a socket") == true)
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "keep me")
     }
 }

@@ -160,6 +160,12 @@ public final class SpawnedDaemon: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // NIO's sockets are not close-on-exec: without this a daemon (postgres) would hold other tests'
+        // listeners and connections open, so a closed one still accepts or never sends its FIN.
+        if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {  // glibc 2.34+
+            typealias AddClosefrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, CInt) -> CInt
+            _ = unsafeBitCast(symbol, to: AddClosefrom.self)(&actions, 3)
+        }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
