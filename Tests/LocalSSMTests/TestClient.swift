@@ -45,6 +45,14 @@ final class TestSessionClient: ChannelInboundHandler {
     /// Shell and command sessions: what the agent printed (no smux, no handshake).
     var isTerminal = false
     var terminalOutput = ByteBuffer()
+    /// What reached this client and when (ms since it was made), for a failing test to print.
+    var trace: [String] = []
+    let born = DispatchTime.now().uptimeNanoseconds
+
+    func note(_ event: String) {
+        if self.trace.count == 64 { self.trace.removeFirst(32) }
+        self.trace.append("\((DispatchTime.now().uptimeNanoseconds - self.born) / 1_000_000) ms \(event)")
+    }
 
     // Per stream: bytes still to send, hashes, and completion.
     final class StreamState {
@@ -92,7 +100,13 @@ final class TestSessionClient: ChannelInboundHandler {
         }
     }
 
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.note("error \(error)")
+        context.fireErrorCaught(error)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        self.note("inactive")
         if self.survivesDrops {
             self.context = nil
             self.drops?.succeed(())
@@ -108,7 +122,19 @@ final class TestSessionClient: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .binary(let payload) = self.unwrapInboundIn(data), let message = try? AgentMessage.decode(payload) else { return }
+        let frame = self.unwrapInboundIn(data)
+        guard case .binary(let payload) = frame else {
+            self.note("not binary: \(frame)")
+            return
+        }
+        let message: AgentMessage
+        do {
+            message = try AgentMessage.decode(payload)
+        } catch {
+            self.note("undecodable \(payload.readableBytes) B: \(error)")
+            return
+        }
+        self.note("\(message.messageType) #\(message.sequenceNumber) \(message.payloadType)")
         switch message.messageType {
         case .acknowledge:
             if let ack = try? Acknowledgement(decoding: message.payload) {
@@ -336,6 +362,11 @@ struct TestSession: Sendable {
         let handler = self.handler
         self.channel.eventLoop.execute { handler.value.openStream(bytes: bytes, seed: seed, promise: promise) }
         return try await promise.futureResult.get()
+    }
+
+    func trace() async throws -> [String] {
+        let handler = self.handler
+        return try await self.channel.eventLoop.submit { handler.value.trace }.get()
     }
 
     func handshakeProperties() async throws -> (agentVersion: String, properties: JSONValue) {
