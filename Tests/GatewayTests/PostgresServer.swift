@@ -1,5 +1,6 @@
 import Foundation
 import TestSupport
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -72,5 +73,23 @@ final class PostgresServer: Sendable {
     func stop() {
         self.process.stop()
         self.directory.remove()
+    }
+}
+
+@Suite("Test daemons")
+struct SpawnedDaemonTests {
+    @Test("A daemon a test spawns holds none of the test process's sockets (NIO's are not close-on-exec)")
+    func spawnedDaemonInheritsNoSockets() async throws {
+        // An open listener and connection in this process while the daemon starts.
+        let web = try await TinyHTTPServer(bodySize: 16)
+        defer { web.close() }
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        let daemon = try SpawnedDaemon("/bin/sleep", ["30"], logFile: "/dev/null")
+        defer { daemon.stop() }
+        let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon.pid)/fd")
+        let sockets = descriptors.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(daemon.pid)/fd/\($0)") }
+            .filter { $0.hasPrefix("socket:") }
+        #expect(sockets.isEmpty, "the daemon holds \(sockets)")
     }
 }
