@@ -20,12 +20,6 @@ enum WebSocketDialer {
         maximumFrameSize: Int,
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<any Channel> {
-        let address: SocketAddress
-        do {
-            address = try Self.resolve(host: endpoint.host, port: endpoint.port)
-        } catch {
-            return eventLoop.makeFailedFuture(DataChannelError.connectFailed(endpoint: endpoint.description, reason: "cannot resolve \(endpoint.host)"))
-        }
         let tls: NIOSSLContext?
         if endpoint.usesTLS {
             switch Self.tlsContext {
@@ -38,33 +32,39 @@ enum WebSocketDialer {
         }
         let serverName = (try? SocketAddress(ipAddress: endpoint.host, port: 0)) == nil ? endpoint.host : nil
         let upgraded = eventLoop.makePromise(of: Void.self)
-        let connected = ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                let upgrader = WebSocketClientUpgrader(
-                    maximumMessageSize: maximumFrameSize,
-                    upgradePipelineHandler: { channel, _ in
-                        channel.eventLoop.makeCompletedFuture {
-                            try configure(channel)
-                            upgraded.succeed(())
+        let host = endpoint.host
+        let resolved = Self.resolve(host: host, port: endpoint.port, on: eventLoop).flatMapErrorThrowing { error in
+            throw DataChannelError.connectFailed(endpoint: endpoint.description, reason: "cannot resolve \(host): \(Self.describe(error))")
+        }
+        let connected = resolved.flatMap { address in
+            ClientBootstrap(group: eventLoop)
+                .connectTimeout(connectTimeout)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    let upgrader = WebSocketClientUpgrader(
+                        maximumMessageSize: maximumFrameSize,
+                        upgradePipelineHandler: { channel, _ in
+                            channel.eventLoop.makeCompletedFuture {
+                                try configure(channel)
+                                upgraded.succeed(())
+                            }
+                        })
+                    return channel.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
                         }
-                    })
-                return channel.eventLoop.makeCompletedFuture {
-                    if let tls {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                            leftOverBytesStrategy: .forwardBytes,
+                            withClientUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                                context.pipeline.removeHandler(name: UpgradeRefusalDetector.name, promise: nil)
+                            }))
+                        try channel.pipeline.syncOperations.addHandler(UpgradeRefusalDetector(promise: upgraded), name: UpgradeRefusalDetector.name)
                     }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .forwardBytes,
-                        withClientUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                            context.pipeline.removeHandler(name: UpgradeRefusalDetector.name, promise: nil)
-                        }))
-                    try channel.pipeline.syncOperations.addHandler(UpgradeRefusalDetector(promise: upgraded), name: UpgradeRefusalDetector.name)
                 }
-            }
-            .connect(to: address)
+                .connect(to: address)
+        }
         return connected.flatMapError { error in
-            let failure = DataChannelError.connectFailed(endpoint: endpoint.description, reason: Self.describe(error))
+            let failure = error as? DataChannelError ?? DataChannelError.connectFailed(endpoint: endpoint.description, reason: Self.describe(error))
             upgraded.fail(failure)  // the promise must complete either way
             return eventLoop.makeFailedFuture(failure)
         }.flatMap { channel in
@@ -90,11 +90,14 @@ enum WebSocketDialer {
         }
     }
 
-    /// IP literals need no lookup; names are resolved here rather than on NIO's resolver, which
-    /// runs on Dispatch's global queue and can be starved by blocked work.
-    static func resolve(host: String, port: Int) throws -> SocketAddress {
-        if let literal = try? SocketAddress(ipAddress: host, port: port) { return literal }
-        return try SocketAddress.makeAddressResolvingHost(host, port: port)
+    /// IP literals need no lookup. A name is resolved on NIO's thread pool: getaddrinfo blocks (a
+    /// slow DNS server for seconds), and on the event loop it would stall every stream the loop
+    /// carries; NIO's own resolver runs on Dispatch's global queue, which blocked work can starve.
+    static func resolve(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<SocketAddress> {
+        if let literal = try? SocketAddress(ipAddress: host, port: port) { return eventLoop.makeSucceededFuture(literal) }
+        return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+            try SocketAddress.makeAddressResolvingHost(host, port: port)
+        }
     }
 
     static func describe(_ error: any Error) -> String {

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import SSMProtocol
 import TestSupport
 import Testing
@@ -102,6 +103,16 @@ struct DataChannelUnitTests {
         for bad in ["https://x/", "ws://", "ws://h:0/", "ws://h:99999/", "ws://[::1/", "ws://user@h/"] {
             #expect(throws: DataChannelError.self) { try StreamEndpoint(parsing: bad) }
         }
+    }
+
+    @Test("A stream URL whose host does not resolve fails the dial with a message naming the host")
+    func unresolvableStreamHost() async throws {
+        let endpoint = try StreamEndpoint(parsing: "wss://ssmmessages.nowhere.invalid/v1/data-channel/s?role=publish_subscribe")
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let error = await #expect(throws: DataChannelError.self) {
+            _ = try await WebSocketDialer.connect(to: endpoint, on: loop, connectTimeout: .seconds(5), maximumFrameSize: 1 << 20) { _ in }.get()
+        }
+        #expect(error.map { "\($0)" }?.contains("cannot resolve ssmmessages.nowhere.invalid: SocketAddressError.UnknownHost") == true, "\(String(describing: error))")
     }
 
     @Test("Agent version gates compare like the official client: same length, strictly greater")
