@@ -128,6 +128,7 @@ public final class WebSocketFrameCodec: ChannelDuplexHandler, RemovableChannelHa
             // Echo the peer's status code (an empty close gets an empty answer), then hang up.
             self.isClosing = true
             let status = payload.getSlice(at: payload.readerIndex, length: min(payload.readableBytes, 2)) ?? ByteBuffer()
+            context.fireUserInboundEventTriggered(WebSocketClosedByPeer(status: status.getInteger(at: status.readerIndex, as: UInt16.self)))
             let answer = self.frame(.connectionClose, payload: status, allocator: context.channel.allocator)
             context.writeAndFlush(self.wrapOutboundOut(answer)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         case .text, .binary:
@@ -156,6 +157,8 @@ public final class WebSocketFrameCodec: ChannelDuplexHandler, RemovableChannelHa
 
     /// Sends a close frame with `code` and closes: what the peer sent cannot be made sense of.
     private func fail(_ code: CloseCode, context: ChannelHandlerContext) {
+        // The handlers learn why the connection ends (they close it on any error; so does this).
+        context.fireErrorCaught(WebSocketProtocolViolation(code: code))
         self.isClosing = true
         self.partialFrame = nil
         self.fragments = nil
@@ -194,3 +197,17 @@ public final class WebSocketFrameCodec: ChannelDuplexHandler, RemovableChannelHa
 
 @available(*, unavailable)
 extension WebSocketFrameCodec: Sendable {}
+
+/// What `WebSocketFrameCodec` fires before it closes a connection whose peer broke the framing rules.
+public struct WebSocketProtocolViolation: Error, CustomStringConvertible {
+    public let code: WebSocketFrameCodec.CloseCode
+    public var description: String {
+        self.code == .messageTooBig ? "the peer sent a WebSocket message over the size limit" : "the peer broke the WebSocket framing rules"
+    }
+}
+
+/// A user inbound event: the peer sent a WebSocket close frame (status code if it gave one); the
+/// codec answers it and closes the connection.
+public struct WebSocketClosedByPeer: Sendable {
+    public let status: UInt16?
+}

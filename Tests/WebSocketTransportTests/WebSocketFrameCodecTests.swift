@@ -105,10 +105,16 @@ struct WebSocketFrameCodecTests {
     }
 
     /// What the codec wrote before it closed, and whether it closed.
+    /// The violation the codec reported to the handlers after it (if any) is checked against the close code it sent.
     static func reaction(toInbound wire: ByteBuffer, maximumMessageSize: Int = 1 << 20) throws -> (closeCode: UInt16?, delivered: Int, closed: Bool) {
         let channel = EmbeddedChannel(handler: WebSocketFrameCodec(role: .server, maximumMessageSize: maximumMessageSize))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        try channel.writeInbound(wire)
+        var reported: WebSocketProtocolViolation?
+        do {
+            try channel.writeInbound(wire)
+        } catch let violation as WebSocketProtocolViolation {
+            reported = violation
+        }
         var delivered = 0
         while try channel.readInbound(as: WebSocketMessage.self) != nil { delivered += 1 }
         var code: UInt16?
@@ -118,6 +124,7 @@ struct WebSocketFrameCodecTests {
             code = frames.first?.unmaskedData.getInteger(at: frames.first!.unmaskedData.readerIndex, as: UInt16.self)
         }
         channel.embeddedEventLoop.run()
+        if let reported { #expect(code == reported.code.rawValue, "reported \(reported), sent close code \(String(describing: code))") }
         let closed = !channel.isActive
         _ = try? channel.finish()
         return (code, delivered, closed)
@@ -158,6 +165,22 @@ struct WebSocketFrameCodecTests {
         status.writeInteger(UInt16(1001))
         let reaction = try Self.reaction(toInbound: try Self.wire([WebSocketFrame(fin: true, opcode: .connectionClose, data: status)]))
         #expect(reaction.closeCode == 1001 && reaction.delivered == 0 && reaction.closed)
+
+        // The handlers behind the codec are told, with the peer's status.
+        let seen = EventRecorder()
+        let channel = EmbeddedChannel(handlers: [WebSocketFrameCodec(role: .client, maximumMessageSize: 1 << 20), seen])
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try channel.writeInbound(try Self.wire([WebSocketFrame(fin: true, opcode: .connectionClose, data: status)]))
+        #expect(seen.closes == [1001])
+        _ = try? channel.finish()
+    }
+
+    final class EventRecorder: ChannelInboundHandler {
+        typealias InboundIn = WebSocketMessage
+        var closes: [UInt16?] = []
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if let close = event as? WebSocketClosedByPeer { self.closes.append(close.status) }
+        }
     }
 
     @Test func messagesFitNIOAnysInlineStorage() {
