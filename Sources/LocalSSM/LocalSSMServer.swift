@@ -331,7 +331,7 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
 
     func open(_ data: ByteBuffer, context: ChannelHandlerContext) {
         guard let json = try? JSONValue(parsing: data), let token = json["TokenValue"]?.stringValue else {
-            self.closeConnection(context: context)
+            self.closeConnection(context: context, reason: "no token in OpenDataChannel")
             return
         }
         switch self.route {
@@ -346,20 +346,21 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
                     channel.writeAndFlush(WebSocketMessage.binary(frame)).whenComplete { _ in channel.close(promise: nil) }
                     return
                 }
-                self.closeConnection(context: context)
+                self.closeConnection(context: context, reason: "token refused")
                 return
             }
             self.state = .data(relay, role)
         case .controlChannel(let instanceID):
             guard self.mgs.attachControlChannel(instanceID: instanceID, token: token, channel: context.channel) else {
-                self.closeConnection(context: context)
+                self.closeConnection(context: context, reason: "control token refused")
                 return
             }
             self.state = .control(instanceID)
         }
     }
 
-    func closeConnection(context: ChannelHandlerContext) {
+    func closeConnection(context: ChannelHandlerContext, reason: String) {
+        if case .data(let relay, let role) = self.state { relay.note("\(role) socket closed by the service: \(reason)") }
         self.detach(channel: context.channel)
         context.close(promise: nil)
     }
@@ -379,7 +380,7 @@ final class MGSWebSocketHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.closeConnection(context: context)
+        self.closeConnection(context: context, reason: "\(error)")
     }
 }
 

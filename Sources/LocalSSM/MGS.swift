@@ -18,6 +18,9 @@ public final class MGS: Sendable {
     private let controlChannels = Mutex<[String: any Channel]>([:])
     private let controlTokens = Mutex<[String: String]>([:])
     private let relays = Mutex<[String: SessionRelay]>([:])
+    /// The last sessions that ended, for `relayStateSummary` after the end.
+    private let endedRelays = Mutex<[SessionRelay]>([])
+    static let endedRelayMemory = 32
     /// Frames held for a side that is not connected. At this many the sending side is no longer
     /// read (TCP backpressure) until the other side is back, so the relay loses nothing; the hard
     /// cap only guards against a sender that ignores it.
@@ -165,9 +168,11 @@ public final class MGS: Sendable {
     }
 
     /// Where the service's relay of a session stands (each side's socket, what is held or queued
-    /// for it), for a report when a transfer stalls; nil for an unknown session.
+    /// for it, what happened to its sockets), for a report when a transfer stalls; for one of the
+    /// last sessions that ended, how its end went; nil for an unknown session.
     public func relayStateSummary(sessionID: String) -> String? {
-        self.relay(sessionID)?.stateSummary
+        if let relay = self.relay(sessionID) { return relay.stateSummary }
+        return self.endedRelays.withLock { $0.first { $0.sessionID == sessionID } }.map { "ended: \($0.stateSummary)" }
     }
 
     /// How often the message-rate limit paused each side of a session, and for how long in all.
@@ -191,6 +196,10 @@ public final class MGS: Sendable {
     func closeSession(_ sessionID: String, output: String) {
         self.registry.recordEndOutput(sessionID, output)
         guard let relay = self.relays.withLock({ $0.removeValue(forKey: sessionID) }) else { return }
+        self.endedRelays.withLock { ended in
+            if ended.count == Self.endedRelayMemory { ended.removeFirst() }
+            ended.append(relay)
+        }
         relay.close(output: output)
         if let control = self.controlChannels.withLock({ $0[relay.target] }), let frame = relay.channelClosedFrame(output: output, agentForm: true) {
             control.writeAndFlush(WebSocketMessage.binary(frame), promise: nil)
@@ -272,6 +281,18 @@ final class SessionRelay: Sendable {
     }
 
     private let state: Mutex<State>
+    /// What happened to the session's sockets (attach, detach, drops, the end), for a report when
+    /// something goes wrong; lifecycle events only, nothing per frame.
+    private let events = Mutex<[String]>([])
+    private let created = DispatchTime.now().uptimeNanoseconds
+
+    func note(_ event: String) {
+        let milliseconds = (DispatchTime.now().uptimeNanoseconds - self.created) / 1_000_000
+        self.events.withLock { events in
+            if events.count == 64 { events.removeFirst(32) }
+            events.append("\(milliseconds) ms \(event)")
+        }
+    }
 
     /// Data messages per second per direction; nil: no limit.
     let messagesPerSecond: Int?
@@ -304,7 +325,7 @@ final class SessionRelay: Sendable {
                     + "reading\(side.readingSuspended ? " suspended" : ""), rate-held \(side.held.count)"
             }
             return "closed \(state.closed), data frames \(state.dataFrames); client: \(side(state.client)); agent: \(side(state.agent))"
-        }
+        } + "; events \(self.events.withLock { $0 })"
     }
 
     /// Connects one side; frames held for it are flushed in order. A newer connection of the
@@ -329,7 +350,11 @@ final class SessionRelay: Sendable {
             case .agent: return attach(&state.agent)
             }
         }
-        guard accepted else { return false }
+        guard accepted else {
+            self.note("\(role) attach refused: the session is closed")
+            return false
+        }
+        self.note("\(role) attached\(previous == nil ? "" : ", replacing its previous socket")")
         if let previous, previous !== channel { previous.close(promise: nil) }
         for frame in pending {
             channel.write(WebSocketMessage.binary(frame), promise: nil)
@@ -370,7 +395,10 @@ final class SessionRelay: Sendable {
                 return state.agent.channel
             }
         }
-        if let channel { Self.endWebSocket(channel, of: role) }
+        if let channel {
+            self.note("\(role) socket dropped by the service")
+            Self.endWebSocket(channel, of: role)
+        }
         return channel != nil
     }
 
@@ -398,6 +426,7 @@ final class SessionRelay: Sendable {
     }
 
     func detach(_ role: SessionRegistry.Role, channel: any Channel) {
+        self.note("\(role) socket gone")
         let endSession = self.state.withLock { state -> Bool in
             switch role {
             case .client:
@@ -803,7 +832,10 @@ final class SessionRelay: Sendable {
             guard let channel, let frame = self.channelClosedFrame(output: output, agentForm: agentForm) else { continue }
             // What was relayed before the end still goes, ahead of `channel_closed`.
             for queuedFrame in queued { channel.write(WebSocketMessage.binary(queuedFrame), promise: nil) }
-            channel.writeAndFlush(WebSocketMessage.binary(frame)).whenComplete { _ in
+            let side = agentForm ? "agent" : "client"
+            self.note("ending: channel_closed to the \(side) after \(queued.count) queued frames")
+            channel.writeAndFlush(WebSocketMessage.binary(frame)).whenComplete { result in
+                if case .failure(let error) = result { self.note("channel_closed to the \(side) not written: \(error)") }
                 channel.close(promise: nil)
             }
         }

@@ -32,6 +32,21 @@ func eventually(within limit: Duration, _ condition: () async throws -> Bool) as
     return try await condition()
 }
 
+/// Runs `body`; if it times out, the error says where the client, the service's relay and the
+/// agent stood (a hang is otherwise only "timed out").
+func reportingStalls<T>(
+    _ emulator: LocalEmulator, sessionID: String, client: TestSession, _ body: () async throws -> T
+) async throws -> T {
+    do {
+        return try await body()
+    } catch let timeout as TimedOut {
+        let clientState = (try? await client.stateSummary()) ?? "unavailable"
+        let relay = emulator.server.mgs.relayStateSummary(sessionID: sessionID) ?? "no relay"
+        let agent = await emulator.agent(for: LocalSSMConfiguration.defaultInstanceID)?.stateSummary(sessionID: sessionID) ?? "no such session"
+        throw TimedOut(what: "\(timeout.what) — client: \(clientState); relay: \(relay); agent: \(agent)")
+    }
+}
+
 extension TestSession {
     /// One echoed stream, bounded in time.
     func stream(bytes: Int, seed: UInt64, within limit: TimeAmount) async throws -> TestSessionClient.StreamResult {

@@ -68,7 +68,9 @@ struct FaultTests {
             #expect(set.status == 200)
             let resumer = session.keepResuming(sessionID: id, emulator: emulator)
             // The bound only catches a hang: with every suite running at once on 2 cores this takes minutes.
-            let result = try await session.stream(bytes: 4 << 20, seed: 5, within: .seconds(300))
+            let result = try await reportingStalls(emulator, sessionID: id, client: session) {
+                try await session.stream(bytes: 4 << 20, seed: 5, within: .seconds(300))
+            }
             try await session.stopResuming()
             let drops = try await resumer.value
             #expect(result.receivedBytes == 4 << 20)

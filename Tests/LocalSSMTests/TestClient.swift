@@ -47,7 +47,20 @@ final class TestSessionClient: ChannelInboundHandler {
     var terminalOutput = ByteBuffer()
     /// What reached this client and when (ms since it was made), for a failing test to print.
     var trace: [String] = []
+    var dataMessagesSeen = 0
+    var acknowledgementsSeen = 0
     let born = DispatchTime.now().uptimeNanoseconds
+
+    /// Where the client stands, for a report when a test waits too long.
+    var stateSummary: String {
+        let streams = self.streams.map { id, stream in
+            "\(id): \(stream.remaining) B to send, \(stream.received)/\(stream.expected) B back\(stream.finSent ? ", FIN sent" : "")"
+        }
+        return "WebSocket \(self.context == nil ? "away" : "up"), survives drops \(self.survivesDrops), handshake \(self.handshakeDone ? "done" : "pending"), "
+            + "unacknowledged \(self.reliable.unacknowledgedCount), next expected \(self.reliable.expectedIncomingSequence), "
+            + "retransmit \(self.retransmit == nil ? "not scheduled" : "scheduled"), \(self.dataMessagesSeen) data messages and "
+            + "\(self.acknowledgementsSeen) acknowledgements received, streams [\(streams.joined(separator: "; "))], events \(self.trace)"
+    }
 
     func note(_ event: String) {
         if self.trace.count == 64 { self.trace.removeFirst(32) }
@@ -100,6 +113,11 @@ final class TestSessionClient: ChannelInboundHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        self.note("event \(event)")
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.note("error \(error)")
         context.fireErrorCaught(error)
@@ -134,7 +152,14 @@ final class TestSessionClient: ChannelInboundHandler {
             self.note("undecodable \(payload.readableBytes) B: \(error)")
             return
         }
-        self.note("\(message.messageType) #\(message.sequenceNumber) \(message.payloadType)")
+        // Data and acknowledgements are counted, everything else noted.
+        if message.messageType == .acknowledge {
+            self.acknowledgementsSeen += 1
+        } else if message.messageType == .outputStreamData, message.payloadType == .output {
+            self.dataMessagesSeen += 1
+        } else {
+            self.note("\(message.messageType) #\(message.sequenceNumber) \(message.payloadType)")
+        }
         switch message.messageType {
         case .acknowledge:
             if let ack = try? Acknowledgement(decoding: message.payload) {
@@ -367,6 +392,11 @@ struct TestSession: Sendable {
     func trace() async throws -> [String] {
         let handler = self.handler
         return try await self.channel.eventLoop.submit { handler.value.trace }.get()
+    }
+
+    func stateSummary() async throws -> String {
+        let handler = self.handler
+        return try await self.channel.eventLoop.submit { handler.value.stateSummary }.get()
     }
 
     func handshakeProperties() async throws -> (agentVersion: String, properties: JSONValue) {
