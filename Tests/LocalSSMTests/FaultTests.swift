@@ -136,11 +136,12 @@ struct FaultTests {
                 emulator, document: "AWS-StartSSHSession", parameters: ["portNumber": "\(echo.port)"])
             let stdio = try await TestSession.connect(streamURL: started.url, token: started.token)
             let output = try await value(of: stdio.closed, within: .seconds(30), "the failed session's channel_closed")
-            let clientTrace = try await stdio.trace()
-            // Seen twice under the full suite as "socket closed" (no channel_closed), cause not found yet.
+            let client = try await stdio.stateSummary()
+            // Seen a few times under the full suite as "socket closed" (no channel_closed), cause not found yet:
+            // the client's state (with its codec's error or the service's close frame) and the relay's log say more.
             #expect(
                 output.contains("Unable to connect to specified port"),
-                "\(output); session \(String(describing: emulator.server.registry.session(started.sessionID)?.status)), relay \(emulator.server.mgs.relayStateSummary(sessionID: started.sessionID) ?? "gone"); client saw \(clientTrace)")
+                "\(output); session \(String(describing: emulator.server.registry.session(started.sessionID)?.status)), relay \(emulator.server.mgs.relayStateSummary(sessionID: started.sessionID) ?? "gone"); client: \(client)")
             #expect(emulator.server.registry.session(started.sessionID)?.status == .terminated)
         }
     }

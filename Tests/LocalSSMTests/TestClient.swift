@@ -389,11 +389,6 @@ struct TestSession: Sendable {
         return try await promise.futureResult.get()
     }
 
-    func trace() async throws -> [String] {
-        let handler = self.handler
-        return try await self.channel.eventLoop.submit { handler.value.trace }.get()
-    }
-
     func stateSummary() async throws -> String {
         let handler = self.handler
         return try await self.channel.eventLoop.submit { handler.value.stateSummary }.get()
